@@ -1,0 +1,34 @@
+"""
+membio-transport: a memory-BIO TLS transport for Twisted, on pyOpenSSL.
+
+`MemoryBIOTLSFactory` is a drop-in replacement for
+``twisted.protocols.tls.TLSMemoryBIOFactory``; `TLSEngine` is the sans-I/O
+core it drives, usable without Twisted.
+"""
+
+from ._engine import Event, TLSEngine
+from ._errors import (
+    TLSConnectionError,
+    TLSError,
+    TLSHandshakeError,
+    TLSProtocolError,
+    TLSStateError,
+    TLSTruncationError,
+)
+from ._factory import MemoryBIOTLSFactory
+from ._protocol import MemoryBIOTLSProtocol
+from ._state import TLSState
+
+__all__ = [
+    "Event",
+    "MemoryBIOTLSFactory",
+    "MemoryBIOTLSProtocol",
+    "TLSConnectionError",
+    "TLSEngine",
+    "TLSError",
+    "TLSHandshakeError",
+    "TLSProtocolError",
+    "TLSState",
+    "TLSStateError",
+    "TLSTruncationError",
+]

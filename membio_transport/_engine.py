@@ -1,0 +1,363 @@
+"""
+A sans-I/O TLS engine: one pyOpenSSL connection over two memory BIOs.
+
+Theory of operation
+===================
+
+OpenSSL never touches a socket here.  A ``SSL.Connection(ctx, None)`` owns
+two memory BIOs: the *incoming* one, into which we copy ciphertext that
+arrived from the peer (``bio_write``), and the *outgoing* one, from which we
+copy ciphertext that OpenSSL wants sent (``bio_read``).  Between them
+OpenSSL runs the TLS state machine: ``do_handshake``, ``recv`` and ``send``
+consume the incoming BIO and fill the outgoing one.  This module moves
+bytes in and out and keeps score; the caller (a Twisted protocol, a test,
+a benchmark) does all I/O::
+
+    peer --ciphertext--> receive() --> [in BIO] --> next_event() --> plaintext
+    app  --plaintext---> send() -----> [out BIO] -> data_to_send() --> peer
+
+*One pump.*  `data_to_send` is the only place that reads the outgoing BIO,
+and it drains it completely every time.  Any call may have queued bytes
+there: the handshake flight, a KeyUpdate reply, a session ticket, an alert
+describing a failure, close_notify.  Twisted's layer reads the BIO once,
+32 KiB at a time, per event, so a server flight larger than that (a long
+certificate chain) never finishes; draining to empty makes that impossible.
+The contract for callers is simple: after *any* call, including one that
+raised, call `data_to_send` and put what it returns on the wire.
+
+*WantRead is not an error.*  It means "OpenSSL needs more ciphertext before
+it can go on".  From ``do_handshake`` or ``recv`` it becomes the
+`Event.NEED_DATA` event.  From ``send`` it means a handshake message (a
+TLS 1.2 renegotiation) must be read before application data can be
+written: the unsent bytes stay at the head of the pending queue and are
+retried, unchanged, after the next read makes progress.  OpenSSL requires
+exactly that (a retried write must carry the same bytes), and it is what
+keeps data from being lost or duplicated across renegotiation.
+
+*Pending plaintext.*  Application data written during the handshake, or
+while a write is blocked as above, waits in a queue.  Its size is reported
+by `send` against ``send_buffer_limit`` so the caller can apply
+backpressure (pause its producer) instead of letting the queue grow.
+
+*Shutdown.*  `close` sends close_notify once every pending byte has gone
+out, and moves to LOCAL_CLOSED; reading continues until the peer's
+close_notify (`Event.PEER_CLOSED`).  A peer's close_notify first moves us to
+PEER_CLOSED, where we may still send (half-close) until we `close` too.
+An end of the transport without close_notify (`receive_eof`) surfaces as
+`TLSTruncationError`, never as a clean close: it may be a truncation attack.
+
+*Renegotiation.*  A server engine refuses client-initiated renegotiation
+(``OP_NO_RENEGOTIATION``): it buys nothing in TLS 1.2 and costs the server
+CPU on the peer's command.  A client engine follows a server-initiated
+TLS 1.2 renegotiation transparently.  TLS 1.3 has no renegotiation; its
+KeyUpdate messages (from either side) are handled inside ``recv`` by
+OpenSSL, whose replies the pump drains like anything else.
+
+*Failure.*  Any OpenSSL error moves the engine to FAILED and is raised as
+one precise `TLSConnectionError` subclass (see `_errors.classify`); the
+alert OpenSSL produced is still in the outgoing BIO for `data_to_send`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import Final
+
+from OpenSSL import SSL
+
+from ._errors import TLSConnectionError, TLSStateError, classify
+from ._state import CAN_SEND, TLSState, check_transition
+
+__all__ = ["DEFAULT_SEND_BUFFER_LIMIT", "Event", "TLSEngine"]
+
+#: Largest plaintext one ``recv`` can return: a TLS record carries at most
+#: 16 KiB, and OpenSSL returns one record per call.
+_RECV_SIZE: Final = 16384
+
+#: Size of each ``bio_read`` while draining.  Large, so that a burst of
+#: records (a 64 KiB write, a handshake flight with a long chain) usually
+#: leaves in one read; a short read proves the BIO is empty without paying
+#: for the WantReadError that an extra read would raise.
+_BIO_READ_SIZE: Final = 256 * 1024
+
+#: Default high-water mark for plaintext queued inside the engine (written
+#: during the handshake or while a write waits on a read).  Matches the
+#: order of a socket send buffer: enough for a burst, small enough that
+#: thousands of stalled connections stay cheap.
+DEFAULT_SEND_BUFFER_LIMIT: Final = 256 * 1024
+
+
+class Event(enum.Enum):
+    """What `TLSEngine.next_event` reports besides plaintext bytes."""
+
+    #: Nothing more can be done until more ciphertext arrives.
+    NEED_DATA = "need-data"
+    #: The handshake just completed; the next events may carry data.
+    HANDSHAKE_COMPLETE = "handshake-complete"
+    #: The peer sent close_notify: it will send no more application data.
+    PEER_CLOSED = "peer-closed"
+
+
+class TLSEngine:
+    """
+    Drive one memory-BIO ``SSL.Connection`` without doing any I/O.
+
+    The connection must have been created with ``SSL.Connection(ctx, None)``
+    and put in connect (client) or accept (server) state by the caller.
+    """
+
+    __slots__ = (
+        "_conn",
+        "_error",
+        "_outgoing",
+        "_pending",
+        "_pending_size",
+        "_saw_eof",
+        "_state",
+        "send_buffer_limit",
+    )
+
+    def __init__(
+        self,
+        connection: SSL.Connection,
+        *,
+        server_side: bool,
+        send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
+    ) -> None:
+        if send_buffer_limit <= 0:
+            raise ValueError(f"send_buffer_limit must be positive, not {send_buffer_limit}")
+        self._conn = connection
+        self._state = TLSState.HANDSHAKING
+        self._outgoing: list[bytes] = []
+        self._pending: deque[bytes | memoryview] = deque()
+        self._pending_size = 0
+        self._saw_eof = False
+        self._error: TLSConnectionError | None = None
+        self.send_buffer_limit = send_buffer_limit
+        if server_side:
+            connection.set_options(SSL.OP_NO_RENEGOTIATION)
+
+    # -- what callers may look at ------------------------------------------
+
+    @property
+    def state(self) -> TLSState:
+        return self._state
+
+    @property
+    def connection(self) -> SSL.Connection:
+        """The pyOpenSSL connection, for inspection (certificates, ALPN...)."""
+        return self._conn
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of plaintext accepted by `send` but not yet encrypted."""
+        return self._pending_size
+
+    @property
+    def error(self) -> TLSConnectionError | None:
+        """The failure that moved the engine to FAILED, if any."""
+        return self._error
+
+    # -- input -------------------------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        """
+        Take ciphertext from the peer.  Call `next_event` to process it.
+
+        Data arriving once nothing more can be read (the peer closed, or we
+        failed or closed) is discarded, so a peer cannot grow our buffers
+        by talking past the end of the session.
+        """
+        if data and self._state in _READABLE:
+            self._conn.bio_write(data)
+
+    def receive_eof(self) -> None:
+        """The transport has no more input: the peer closed its side."""
+        if self._state in _READABLE and not self._saw_eof:
+            self._saw_eof = True
+            self._conn.bio_shutdown()
+
+    def send(self, data: bytes | memoryview) -> bool:
+        """
+        Encrypt application data (or queue it until it can be).
+
+        @return: False when the queued plaintext reached
+            ``send_buffer_limit``: the caller should stop writing (pause its
+            producer) until `buffered` drops.
+        @raise TLSStateError: we already sent close_notify, or the
+            connection closed or failed.
+        """
+        state = self._state
+        if state not in CAN_SEND:
+            raise TLSStateError(f"cannot send application data in state {state.value}")
+        if not data:
+            # SSL_write of nothing is an error in OpenSSL, and means nothing.
+            pass
+        elif state is TLSState.HANDSHAKING or self._pending:
+            self._pending.append(data)
+            self._pending_size += len(data)
+        else:
+            self._write(data)
+        return self._pending_size < self.send_buffer_limit
+
+    def close(self) -> None:
+        """
+        Start an orderly shutdown: close_notify goes out after any queued
+        plaintext.  During the handshake there is nothing orderly to do, so
+        the session is abandoned instead.  Closing again does nothing.
+        """
+        state = self._state
+        if state is TLSState.HANDSHAKING:
+            self._abandon()
+        elif state is TLSState.OPEN:
+            self._set_state(TLSState.LOCAL_CLOSED)
+            if not self._pending:
+                self._send_close_notify()
+        elif state is TLSState.PEER_CLOSED:
+            # Nothing can unblock a waiting write once the peer has stopped
+            # talking, so whatever still waits goes now or never.
+            self._flush_pending()
+            self._set_state(TLSState.CLOSED)
+            self._send_close_notify()
+
+    def abort(self) -> None:
+        """Abandon the session at once: no close_notify, queues dropped."""
+        if self._state not in _TERMINAL:
+            self._abandon()
+
+    # -- output ------------------------------------------------------------
+
+    def next_event(self) -> bytes | Event:
+        """
+        Advance the session with the ciphertext received so far.
+
+        @return: decrypted application data (never empty), or an `Event`.
+        @raise TLSConnectionError: the session failed; send `data_to_send`
+            (it holds the alert) and close the transport.
+        @raise TLSStateError: the engine already failed.
+        """
+        state = self._state
+        if state is TLSState.OPEN or state is TLSState.LOCAL_CLOSED:
+            try:
+                return self._conn.recv(_RECV_SIZE)
+            except SSL.WantReadError:
+                # A read that made progress may have finished a
+                # renegotiation that a queued write was waiting for.
+                if self._pending:
+                    self._flush_pending()
+                return Event.NEED_DATA
+            except SSL.ZeroReturnError:
+                self._set_state(
+                    TLSState.CLOSED if state is TLSState.LOCAL_CLOSED else TLSState.PEER_CLOSED
+                )
+                return Event.PEER_CLOSED
+            except SSL.Error as e:
+                raise self._fail(e) from None
+        if state is TLSState.HANDSHAKING:
+            try:
+                self._conn.do_handshake()
+            except SSL.WantReadError:
+                return Event.NEED_DATA
+            except SSL.Error as e:
+                raise self._fail(e) from None
+            self._set_state(TLSState.OPEN)
+            if self._pending:
+                self._flush_pending()
+            return Event.HANDSHAKE_COMPLETE
+        if state is TLSState.FAILED:
+            raise TLSStateError("the TLS session already failed") from self._error
+        return Event.NEED_DATA
+
+    def data_to_send(self) -> bytes:
+        """
+        Drain the outgoing BIO completely and return its ciphertext.
+
+        This is the one pump: every other method only queues work.
+        """
+        read = self._conn.bio_read
+        chunks = self._outgoing
+        while True:
+            try:
+                chunk = read(_BIO_READ_SIZE)
+            except SSL.WantReadError:
+                break
+            chunks.append(chunk)
+            if len(chunk) < _BIO_READ_SIZE:
+                break
+        if not chunks:
+            return b""
+        self._outgoing = []
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    # -- internals ---------------------------------------------------------
+
+    def _set_state(self, new: TLSState) -> None:
+        self._state = check_transition(self._state, new)
+
+    def _write(self, data: bytes | memoryview) -> bool:
+        """
+        Encrypt C{data}; whatever a WantRead leaves unsent goes back to the
+        head of the queue.  Return True if everything was written.
+        """
+        send = self._conn.send
+        size = len(data)
+        try:
+            written = send(data)
+            if written < size:
+                # OpenSSL writes one record per call: walk a view over the
+                # rest rather than slicing copies.
+                view = memoryview(data)
+                while written < size:
+                    written += send(view[written:])
+        except SSL.WantReadError:
+            rest = memoryview(data)[written:] if written else data
+            self._pending.appendleft(rest)
+            self._pending_size += len(rest)
+            return False
+        except SSL.Error as e:
+            raise self._fail(e) from None
+        return True
+
+    def _flush_pending(self) -> None:
+        pending = self._pending
+        while pending:
+            if len(pending) > 1:
+                # Many small writes queued during the handshake: one
+                # buffer makes full records instead of many tiny ones.
+                joined = b"".join(pending)
+                pending.clear()
+                pending.append(joined)
+            chunk = pending.popleft()
+            self._pending_size -= len(chunk)
+            if not self._write(chunk):
+                return
+        if self._state is TLSState.LOCAL_CLOSED:
+            self._send_close_notify()
+
+    def _send_close_notify(self) -> None:
+        if self._conn.get_shutdown() & SSL.SENT_SHUTDOWN:
+            return
+        try:
+            self._conn.shutdown()
+        except SSL.Error as e:
+            raise self._fail(e) from None
+
+    def _abandon(self) -> None:
+        self._pending.clear()
+        self._pending_size = 0
+        self._set_state(TLSState.CLOSED)
+
+    def _fail(self, error: SSL.Error) -> TLSConnectionError:
+        handshaking = self._state is TLSState.HANDSHAKING
+        self._pending.clear()
+        self._pending_size = 0
+        self._set_state(TLSState.FAILED)
+        self._error = classify(error, handshaking=handshaking, saw_eof=self._saw_eof)
+        return self._error
+
+
+_TERMINAL: Final = frozenset({TLSState.CLOSED, TLSState.FAILED})
+
+#: States in which ciphertext from the peer can still mean something.
+_READABLE: Final = frozenset({TLSState.HANDSHAKING, TLSState.OPEN, TLSState.LOCAL_CLOSED})

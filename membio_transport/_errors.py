@@ -1,0 +1,133 @@
+"""
+Exception types, and the one place where OpenSSL errors become ours.
+
+Two families, as in h11: `TLSStateError` means *our caller* misused the API
+(a bug to fix in code); `TLSConnectionError` and its subclasses mean *the
+peer or the network* misbehaved (something to log and survive).
+
+The peer-side errors subclass `OpenSSL.SSL.Error` and keep its ``args``
+(the OpenSSL error queue), so code written for Twisted's TLS layer, which
+checks ``reason.check(SSL.Error)`` or reads ``reason.value.args[0]``, keeps
+working when handed ours.  `classify` is the single translation point.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from OpenSSL import SSL
+
+__all__ = [
+    "TLSConnectionError",
+    "TLSError",
+    "TLSHandshakeError",
+    "TLSProtocolError",
+    "TLSStateError",
+    "TLSTruncationError",
+    "classify",
+    "describe",
+]
+
+
+class TLSError(Exception):
+    """Base class of every exception this package raises on purpose."""
+
+
+class TLSStateError(TLSError, RuntimeError):
+    """
+    The API was used in a way the connection's state does not allow, such
+    as sending after close.  Always a bug in the calling code.
+    """
+
+
+class TLSConnectionError(TLSError, SSL.Error):
+    """
+    The TLS conversation with the peer failed.
+
+    @ivar reason: a short human-readable reason ("no shared cipher").
+    """
+
+    reason: str
+
+    def __init__(self, *args: object, reason: str = "TLS error") -> None:
+        super().__init__(*args)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class TLSHandshakeError(TLSConnectionError):
+    """The handshake failed: no shared parameters, a rejected certificate..."""
+
+
+class TLSProtocolError(TLSConnectionError):
+    """After the handshake, the peer sent something TLS does not allow."""
+
+
+class TLSTruncationError(TLSConnectionError):
+    """
+    The transport ended without the peer's close_notify.  The data seen so
+    far may be truncated, so this must never be reported as a clean end.
+    """
+
+
+#: OpenSSL's reason strings that mean "the peer hung up on us".  OpenSSL 3
+#: and later report a missing close_notify as an ordinary SSL error with
+#: this text; older releases raised SysCallError instead.
+_EOF_REASONS: Final = ("unexpected eof", "unexpected_eof")
+
+
+def describe(error: SSL.Error) -> str:
+    """
+    Give the most specific reason an OpenSSL error carries, in words a
+    person can act on ("no shared cipher", "tlsv1 alert unknown ca").
+    """
+    if isinstance(error, TLSConnectionError):
+        return error.reason
+    if isinstance(error, SSL.SysCallError):
+        _errno, message = (list(error.args) + [None, None])[:2]
+        return str(message or "connection closed by peer")
+    if isinstance(error, SSL.ZeroReturnError):
+        return "peer closed the TLS session"
+    queue = error.args[0] if error.args else None
+    if isinstance(queue, list) and queue:
+        last = queue[-1]
+        if isinstance(last, tuple) and len(last) == 3:
+            return str(last[2])
+        return str(last)
+    return "unspecified TLS error"
+
+
+def _is_eof(error: SSL.Error, saw_eof: bool) -> bool:
+    if isinstance(error, SSL.SysCallError):
+        return True
+    text = describe(error).casefold()
+    if text.startswith(_EOF_REASONS):
+        return True
+    # OpenSSL 4 may leave the error queue empty for an EOF it saw on a
+    # memory BIO; only trust that reading once we know the EOF happened.
+    return saw_eof and not error.args[0]
+
+
+def classify(error: SSL.Error, *, handshaking: bool, saw_eof: bool) -> TLSConnectionError:
+    """
+    Turn an error raised by pyOpenSSL into the precise exception of ours.
+
+    @param handshaking: the error happened before the handshake completed.
+    @param saw_eof: the transport already told us there is no more input.
+    """
+    reason = describe(error)
+    kind: type[TLSConnectionError]
+    if _is_eof(error, saw_eof):
+        kind = TLSTruncationError
+        reason = "connection closed without close_notify" + (
+            " during the handshake" if handshaking else ""
+        )
+    elif handshaking:
+        kind = TLSHandshakeError
+    else:
+        kind = TLSProtocolError
+    converted = kind(*error.args, reason=reason)
+    converted.__cause__ = error
+    return converted

@@ -1,0 +1,81 @@
+"""
+Producer plumbing: one application producer, two reasons to pause it.
+
+An application producer registered with the TLS transport must pause when
+the real transport's buffer is full *and* when the TLS engine is holding
+too much plaintext (during the handshake, say).  `ProducerProxy` is what we
+register with the real transport in its place: it counts both reasons and
+only resumes the application's producer when neither holds.
+
+Pull (non-streaming) producers keep their pull semantics: the real
+transport asks the proxy for more whenever its buffer drains, and the
+proxy passes the request on unless the TLS engine is full, in which case
+it remembers and asks once the engine has room.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+__all__ = ["ProducerProxy"]
+
+
+@implementer(IPushProducer)
+class ProducerProxy:
+    """Stands in for the application's producer at the real transport."""
+
+    __slots__ = ("_by_tls", "_by_transport", "_missed_pull", "producer", "streaming")
+
+    def __init__(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+        self.streaming = streaming
+        self._by_transport = False
+        self._by_tls = False
+        self._missed_pull = False
+
+    # -- called by the real transport ----------------------------------------
+
+    def pauseProducing(self) -> None:
+        if not self._by_transport:
+            self._by_transport = True
+            if not self._by_tls:
+                self.producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if not self.streaming:
+            # A pull: the transport wants the next chunk.
+            if self._by_tls:
+                self._missed_pull = True
+            else:
+                self.producer.resumeProducing()
+            return
+        if self._by_transport:
+            self._by_transport = False
+            if not self._by_tls:
+                self.producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.producer.stopProducing()
+
+    # -- called by the TLS transport -----------------------------------------
+
+    def pause_for_tls(self) -> None:
+        if self._by_tls:
+            return
+        self._by_tls = True
+        if self.streaming and not self._by_transport:
+            self.producer.pauseProducing()
+
+    def resume_for_tls(self) -> None:
+        if not self._by_tls:
+            return
+        self._by_tls = False
+        if not self.streaming:
+            if self._missed_pull:
+                self._missed_pull = False
+                self.producer.resumeProducing()
+        elif not self._by_transport:
+            self.producer.resumeProducing()

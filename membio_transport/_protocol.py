@@ -1,0 +1,488 @@
+"""
+The Twisted side of the TLS layer: the transport the application sees.
+
+`MemoryBIOTLSProtocol` sits between a real transport (TCP, UNIX, another
+TLS layer, a test double) and the application protocol.  It moves bytes
+between them and a sans-I/O `TLSEngine`, and turns engine events into the
+calls Twisted applications expect.  All TLS logic lives in the engine; this
+module only decides *when* to feed it and where its output goes:
+
+* `_process` is the one loop that feeds the engine's events to the
+  application; `_flush` is the one place that writes ciphertext out.
+* Small writes made while we are already busy (inside ``dataReceived``,
+  ``connectionMade``, ``handshakeCompleted``) are batched and encrypted
+  together when the callback returns; small writes made from elsewhere are
+  batched until the next reactor turn.  Large writes go straight through.
+* Pausing this transport stops delivery at once, including records that
+  already arrived: the engine simply is not asked for more events.
+
+Behaviour deliberately differs from Twisted's ``TLSMemoryBIOProtocol`` in
+the places where Twisted's is a known defect: the outgoing BIO is always
+drained (twisted#5095), ``loseConnection`` waits for the peer's close_notify
+only for a bounded time (twisted#7926), ``loseWriteConnection`` sends
+close_notify (twisted#5341), pausing stops already-buffered records, and the
+transport stays usable (as harmless no-ops) after ``connectionLost``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from OpenSSL import SSL
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    INegotiated,
+    IProtocol,
+    IPushProducer,
+    ISSLTransport,
+    ISystemHandle,
+    ITransport,
+)
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from zope.interface import implementer, providedBy
+
+from ._engine import Event, TLSEngine
+from ._errors import TLSConnectionError, TLSHandshakeError, TLSTruncationError
+from ._producers import ProducerProxy
+from ._state import TLSState
+
+if TYPE_CHECKING:
+    from ._factory import MemoryBIOTLSFactory
+
+__all__ = ["MemoryBIOTLSProtocol"]
+
+_log = Logger()
+
+#: Writes at least this large skip the batch: they already fill a record,
+#: so delaying them buys nothing.
+_COALESCE_LIMIT = 16384
+
+_HANDSHAKING = TLSState.HANDSHAKING
+_NEED_DATA = Event.NEED_DATA
+_HANDSHAKE_COMPLETE = Event.HANDSHAKE_COMPLETE
+
+
+def _as_bytes(data: object) -> bytes:
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"Data must be bytes, not {type(data).__name__}")
+
+
+@implementer(
+    ISSLTransport, INegotiated, ITransport, ISystemHandle, IConsumer, IPushProducer,
+    IHalfCloseableProtocol,
+)
+class MemoryBIOTLSProtocol(ProtocolWrapper):
+    """
+    A TLS transport over any transport, driving a `TLSEngine`.
+
+    @ivar wrappedProtocol: the application protocol.
+    @ivar disconnecting: the application asked to close (Twisted's name).
+    """
+
+    factory: MemoryBIOTLSFactory
+    _engine: TLSEngine
+    _reason: Failure | None = None
+    _producer: ProducerProxy | None = None
+    _flush_call: IDelayedCall | None = None
+    _close_timer: IDelayedCall | None = None
+    _handshake_timer: IDelayedCall | None = None
+
+    def __init__(
+        self,
+        factory: MemoryBIOTLSFactory,
+        wrappedProtocol: IProtocol,
+        _connectWrapped: bool = True,
+    ) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self._connect_wrapped = _connectWrapped
+        self._batch: list[bytes] = []
+        self._batch_size = 0
+        # True while we are inside a callback into the application or the
+        # engine loop: writes then wait for the flush that surely follows,
+        # and a resumeProducing() must not start a nested delivery loop.
+        self._busy = False
+        # The application paused us (pauseProducing on this transport).
+        self._paused = False
+
+    # -- set-up ------------------------------------------------------------
+
+    def makeConnection(self, transport: ITransport) -> None:
+        factory = self.factory
+        self._engine = TLSEngine(
+            factory.connection_for(self),
+            server_side=not factory.isClient,
+            send_buffer_limit=factory.send_buffer_limit,
+        )
+        factory.provide_transport_interfaces(self, providedBy(transport))
+        self.transport = transport
+        self.connected = 1
+        factory.registerProtocol(self)
+        if factory.handshake_timeout is not None:
+            self._handshake_timer = factory.clock.callLater(
+                factory.handshake_timeout, self._handshake_timed_out
+            )
+        self._busy = True
+        try:
+            if self._connect_wrapped:
+                self.wrappedProtocol.makeConnection(self)
+        finally:
+            self._busy = False
+        self._process()
+
+    def getHandle(self) -> SSL.Connection:
+        """The pyOpenSSL connection (for ``Certificate.peerFromTransport``)."""
+        return self._engine.connection
+
+    # -- incoming: the one delivery loop -------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self._engine.receive(data)
+        self._process()
+
+    def _process(self) -> None:
+        """
+        Feed engine events to the application until the engine needs more
+        ciphertext or the application pauses us, then flush what is due.
+        """
+        if self._busy:
+            return
+        engine = self._engine
+        self._busy = True
+        try:
+            while not self._paused or engine.state is _HANDSHAKING:
+                event = engine.next_event()
+                if type(event) is bytes:
+                    self.wrappedProtocol.dataReceived(event)
+                elif event is _NEED_DATA:
+                    break
+                elif event is _HANDSHAKE_COMPLETE:
+                    self._handshake_completed()
+                else:
+                    self._peer_closed()
+                    break
+        except TLSConnectionError as e:
+            self._tls_failed(e)
+        finally:
+            self._busy = False
+        self._flush()
+
+    def _handshake_completed(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        if IHandshakeListener.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.handshakeCompleted()
+        if self.disconnecting and self._producer is None:
+            self._begin_close()
+        self._relieve_backpressure()
+
+    def _peer_closed(self) -> None:
+        """The peer's close_notify arrived."""
+        engine = self._engine
+        wrapped = self.wrappedProtocol
+        half_closeable = not self.disconnecting and IHalfCloseableProtocol.providedBy(wrapped)
+        if half_closeable:
+            wrapped.readConnectionLost()
+        if engine.state is TLSState.CLOSED:
+            # Ours had gone out already: the session ended cleanly.
+            self._close_transport()
+            return
+        if half_closeable:
+            return
+        engine.close()
+        self._flush()
+        self._close_transport()
+
+    def _tls_failed(self, error: TLSConnectionError) -> None:
+        if self._reason is None:
+            self._reason = Failure(error)
+        if isinstance(error, TLSHandshakeError):
+            _log.info(
+                "TLS handshake failed with {peer}: {reason}",
+                peer=self._peer_text(),
+                reason=error.reason,
+            )
+        self.disconnecting = True
+        self._drop_batch()
+        self._flush()
+        self._close_transport()
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        _log.info(
+            "TLS handshake timed out with {peer} after {timeout}s",
+            peer=self._peer_text(),
+            timeout=self.factory.handshake_timeout,
+        )
+        if self._reason is None:
+            self._reason = Failure(
+                TLSHandshakeError(reason="handshake timed out")
+            )
+        self.abortConnection()
+
+    # -- outgoing ------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if type(data) is not bytes:
+            data = _as_bytes(data)
+        if not self._may_write():
+            return
+        if not self._batch and len(data) >= _COALESCE_LIMIT:
+            try:
+                self._send(data)
+            except TLSConnectionError as e:
+                self._tls_failed(e)
+                return
+            self._flush()
+            return
+        self._batch.append(data)
+        self._batch_size += len(data)
+        if self._batch_size >= _COALESCE_LIMIT:
+            self._flush()
+        elif not self._busy and self._flush_call is None:
+            self._flush_call = self.factory.clock.callLater(0, self._scheduled_flush)
+
+    def writeSequence(self, iovec: Any) -> None:
+        self.write(b"".join(iovec))
+
+    def _may_write(self) -> bool:
+        # Twisted's rule: after loseConnection, writes are dropped unless a
+        # producer is still registered (it may finish its work first).
+        if self.disconnecting and self._producer is None:
+            return False
+        return self.connected and self._engine.state in _SENDABLE
+
+    def _send(self, data: bytes) -> None:
+        if not self._engine.send(data) and self._producer is not None:
+            self._producer.pause_for_tls()
+
+    def _scheduled_flush(self) -> None:
+        self._flush_call = None
+        self._flush()
+
+    def _flush(self) -> None:
+        """Encrypt the batch, then hand all ciphertext to the transport."""
+        if self._batch:
+            batch = self._batch
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            self._batch = []
+            self._batch_size = 0
+            if self._engine.state in _SENDABLE:
+                try:
+                    self._send(data)
+                except TLSConnectionError as e:
+                    self._tls_failed(e)
+                    return
+        out = self._engine.data_to_send()
+        if out and self.connected:
+            self.transport.write(out)
+
+    def _drop_batch(self) -> None:
+        self._batch = []
+        self._batch_size = 0
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+            self._flush_call = None
+
+    def _relieve_backpressure(self) -> None:
+        engine = self._engine
+        if self._producer is not None and engine.buffered < engine.send_buffer_limit:
+            self._producer.resume_for_tls()
+
+    # -- closing -------------------------------------------------------------
+
+    def loseConnection(self) -> None:
+        """Flush, send close_notify, and close (peer's reply awaited briefly)."""
+        if self.disconnecting or not self.connected:
+            return
+        self.disconnecting = True
+        self._flush()
+        if self._producer is None:
+            self._begin_close()
+
+    def _begin_close(self) -> None:
+        engine = self._engine
+        if engine.state is _HANDSHAKING:
+            if engine.buffered:
+                # Data is waiting for the handshake; close once it is out.
+                return
+            engine.abort()
+            self._close_transport()
+            return
+        if engine.state not in _CLOSABLE:
+            return
+        try:
+            engine.close()
+        except TLSConnectionError as e:
+            self._tls_failed(e)
+            return
+        self._flush()
+        if engine.state is TLSState.CLOSED:
+            self._close_transport()
+        elif self._close_timer is None:
+            self._close_timer = self.factory.clock.callLater(
+                self.factory.close_timeout, self._close_timed_out
+            )
+
+    def _close_timed_out(self) -> None:
+        self._close_timer = None
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        if self.transport is not None and self.connected:
+            self.transport.loseConnection()
+
+    def loseWriteConnection(self) -> None:
+        """Half-close: send close_notify, then shut down our side of TCP."""
+        if self.disconnecting or not self.connected:
+            return
+        self._flush()
+        if self._engine.state is TLSState.OPEN:
+            try:
+                self._engine.close()
+            except TLSConnectionError as e:
+                self._tls_failed(e)
+                return
+            self._flush()
+        transport_half_close = getattr(self.transport, "loseWriteConnection", None)
+        if transport_half_close is not None:
+            transport_half_close()
+
+    def abortConnection(self) -> None:
+        """Close at once: no close_notify, nothing more delivered."""
+        if not self.connected:
+            return
+        self.disconnecting = True
+        self._engine.abort()
+        self._drop_batch()
+        self.transport.abortConnection()
+
+    def failVerification(self, reason: Failure) -> None:
+        """
+        Twisted's certificate-verification callback calls this from inside
+        the handshake; the engine is mid-call, so only the transport is
+        touched here and the handshake error that follows finishes the job.
+        """
+        self._reason = reason
+        self.disconnecting = True
+        self.transport.abortConnection()
+
+    def readConnectionLost(self) -> None:
+        """The transport's read side ended (TCP FIN) but it may still write."""
+        self._end_of_input()
+        if self._engine.state is not TLSState.PEER_CLOSED:
+            self._close_transport()
+
+    def writeConnectionLost(self) -> None:
+        wrapped = self.wrappedProtocol
+        if IHalfCloseableProtocol.providedBy(wrapped):
+            wrapped.writeConnectionLost()
+
+    def _end_of_input(self) -> None:
+        """Tell the engine no more ciphertext comes, and deliver what is left."""
+        engine = self._engine
+        state = engine.state
+        if state is TLSState.CLOSED or state is TLSState.FAILED:
+            return
+        engine.receive_eof()
+        self._process()
+        if (
+            self._reason is not None
+            and state is TLSState.LOCAL_CLOSED
+            and self._reason.check(TLSTruncationError)
+        ):
+            # We initiated the close; a peer that hangs up instead of
+            # answering with close_notify truncates nothing we asked for.
+            self._reason = None
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self.connected:
+            return
+        self._drop_batch()
+        for timer in (self._close_timer, self._handshake_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._close_timer = self._handshake_timer = None
+        # From here on the transport is gone: what the application writes
+        # while we deliver the last records is dropped, not sent.
+        self.connected = 0
+        self._end_of_input()
+        self._engine.abort()
+        # The real transport stops the producer itself when it goes away.
+        self._producer = None
+        final = self._reason or reason
+        self._reason = None
+        if final is not None and final.check(TLSTruncationError):
+            final = Failure(ConnectionLost(str(final.value)))
+        if self.wrappedProtocol is not None:
+            ProtocolWrapper.connectionLost(self, final)
+
+    # -- producers and consumers ---------------------------------------------
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if not self.connected or self._engine.state not in _SENDABLE:
+            producer.stopProducing()
+            return
+        proxy = ProducerProxy(producer, streaming)
+        # Raises if a producer is already registered, as Twisted's does.
+        self.transport.registerProducer(proxy, streaming)
+        self._producer = proxy
+        if self._engine.buffered >= self._engine.send_buffer_limit:
+            proxy.pause_for_tls()
+
+    def unregisterProducer(self) -> None:
+        if self._producer is None:
+            return
+        self._producer = None
+        if self.transport is not None:
+            self.transport.unregisterProducer()
+        if self.disconnecting and self.connected:
+            self._flush()
+            self._begin_close()
+
+    def pauseProducing(self) -> None:
+        """Stop delivering data to the application, buffered records included."""
+        self._paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self.connected:
+            self.transport.resumeProducing()
+            self._process()
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
+
+    # -- ISSLTransport / INegotiated -------------------------------------------
+
+    def getPeerCertificate(self) -> Any:
+        return self._engine.connection.get_peer_certificate()
+
+    @property
+    def negotiatedProtocol(self) -> bytes | None:
+        engine: TLSEngine | None = self.__dict__.get("_engine")
+        if engine is None:
+            return None
+        return engine.connection.get_alpn_proto_negotiated() or None
+
+    def _peer_text(self) -> str:
+        try:
+            peer = self.transport.getPeer()
+        except Exception:
+            return "unknown peer"
+        host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+        if host is None:
+            return str(peer)
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+_SENDABLE = frozenset({TLSState.HANDSHAKING, TLSState.OPEN, TLSState.PEER_CLOSED})
+_CLOSABLE = frozenset({TLSState.OPEN, TLSState.PEER_CLOSED})

@@ -1,0 +1,434 @@
+"""
+The sans-I/O engine, without a reactor: engine pairs pumped in memory, and
+an engine against the standard library's independent TLS implementation.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from OpenSSL import SSL
+
+from membio_transport import (
+    Event,
+    TLSEngine,
+    TLSHandshakeError,
+    TLSProtocolError,
+    TLSState,
+    TLSStateError,
+    TLSTruncationError,
+)
+
+from ._engines import Side, StdlibPeer, engine_pair, pump, pump_with_stdlib
+from ._pki import LONG_CHAIN_DER_BYTES, PKI, KeyType, make_pki
+
+VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
+
+
+@pytest.fixture(params=["ecdsa", "rsa"])
+def pki(request: pytest.FixtureRequest) -> PKI:
+    key_type: KeyType = request.param
+    return make_pki(key_type)
+
+
+@pytest.fixture(params=sorted(VERSIONS))
+def version(request: pytest.FixtureRequest) -> int:
+    return VERSIONS[request.param]
+
+
+def open_pair(pki: PKI, version: int | None = None, **kw: int) -> tuple[Side, Side]:
+    client, server = engine_pair(pki, version, **kw)
+    pump(client, server)
+    assert client.engine.state is TLSState.OPEN
+    assert server.engine.state is TLSState.OPEN
+    return client, server
+
+
+def test_handshake_completes_and_data_flows_both_ways(pki: PKI, version: int) -> None:
+    client, server = engine_pair(pki, version)
+    pump(client, server)
+    assert Event.HANDSHAKE_COMPLETE in client.events
+    assert Event.HANDSHAKE_COMPLETE in server.events
+    name = {v: k for k, v in VERSIONS.items()}[version]
+    assert client.engine.connection.get_protocol_version_name() == name
+    client.engine.send(b"ping")
+    server.engine.send(b"pong")
+    pump(client, server)
+    assert bytes(server.received) == b"ping"
+    assert bytes(client.received) == b"pong"
+
+
+def test_data_written_during_the_handshake_is_held_then_delivered_once(pki: PKI) -> None:
+    client, server = engine_pair(pki)
+    for i in range(100):
+        assert client.engine.send(b"%03d," % i)
+    assert client.engine.buffered == 400
+    pump(client, server)
+    assert bytes(server.received) == b"".join(b"%03d," % i for i in range(100))
+    assert client.engine.buffered == 0
+
+
+def test_plaintext_held_back_past_the_limit_signals_backpressure(pki: PKI) -> None:
+    client, server = engine_pair(pki, send_buffer_limit=1000)
+    assert client.engine.send(b"x" * 999) is True
+    assert client.engine.send(b"x") is False
+    pump(client, server)
+    assert client.engine.buffered == 0
+    assert len(server.received) == 1000
+    assert client.engine.send(b"more") is True
+
+
+def test_a_100KiB_certificate_chain_completes_the_handshake() -> None:
+    # Twisted's layer reads the outgoing BIO once per event, 32 KiB at a
+    # time, and so never finishes a handshake like this one (twisted#5095).
+    pki = make_pki("ecdsa", chain_bytes=LONG_CHAIN_DER_BYTES)
+    assert len(pki.chain_pem) > 100 * 1024
+    client, server = engine_pair(pki, SSL.TLS1_3_VERSION)
+    client.drain_events()
+    server.engine.receive(client.engine.data_to_send())
+    server.drain_events()
+    flight = server.engine.data_to_send()
+    assert len(flight) > 3 * 32 * 1024
+    client.engine.receive(flight)
+    client.drain_events()
+    assert Event.HANDSHAKE_COMPLETE in client.events
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=65536), min_size=1, max_size=8),
+    payload_size=st.integers(min_value=0, max_value=300_000),
+    tls13=st.booleans(),
+)
+def test_any_chunking_of_the_byte_stream_delivers_the_same_bytes(
+    sizes: list[int], payload_size: int, tls13: bool
+) -> None:
+    pki = make_pki("ecdsa")
+    version = SSL.TLS1_3_VERSION if tls13 else SSL.TLS1_2_VERSION
+
+    def chunker(data: bytes) -> Iterator[bytes]:
+        i = 0
+        pos = 0
+        while pos < len(data):
+            step = sizes[i % len(sizes)]
+            yield data[pos : pos + step]
+            pos += step
+            i += 1
+
+    client, server = engine_pair(pki, version)
+    payload = os.urandom(payload_size)
+    client.engine.send(payload)
+    server.engine.send(payload[::-1])
+    pump(client, server, chunker, rounds=10_000)
+    assert bytes(server.received) == payload
+    assert bytes(client.received) == payload[::-1]
+
+
+@pytest.mark.parametrize("engine_is_server", [True, False], ids=["engine-server", "engine-client"])
+def test_engine_interoperates_with_the_stdlib_ssl_implementation(
+    pki: PKI, version: int, engine_is_server: bool
+) -> None:
+    std_version = (
+        ssl.TLSVersion.TLSv1_3 if version == SSL.TLS1_3_VERSION else ssl.TLSVersion.TLSv1_2
+    )
+    if engine_is_server:
+        ctx = ssl.create_default_context(cadata=pki.ca_pem.decode())
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+        conn = SSL.Connection(pki.server_context(version), None)
+        conn.set_accept_state()
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        import tempfile
+
+        with tempfile.NamedTemporaryFile() as chain, tempfile.NamedTemporaryFile() as key:
+            chain.write(pki.chain_pem)
+            chain.flush()
+            key.write(pki.key_pem)
+            key.flush()
+            ctx.load_cert_chain(chain.name, key.name)
+        conn = SSL.Connection(pki.client_context(version), None)
+        conn.set_connect_state()
+        conn.set_tlsext_host_name(b"localhost")
+    ctx.minimum_version = ctx.maximum_version = std_version
+    side = Side(TLSEngine(conn, server_side=engine_is_server))
+    peer = StdlibPeer(ctx, server_side=not engine_is_server)
+    if not engine_is_server:
+        side.drain_events()
+    else:
+        peer.step()
+        side.engine.receive(peer.outgoing.read())
+    pump_with_stdlib(side, peer)
+    assert side.engine.state is TLSState.OPEN
+    assert peer.handshake_done
+    big = os.urandom(200_000)
+    side.engine.send(big)
+    peer.obj.write(big[::-1])
+    pump_with_stdlib(side, peer)
+    assert bytes(peer.received) == big
+    assert bytes(side.received) == big[::-1]
+
+
+def test_a_stdlib_client_completes_a_handshake_with_a_100KiB_chain() -> None:
+    pki = make_pki("ecdsa", chain_bytes=LONG_CHAIN_DER_BYTES)
+    ctx = ssl.create_default_context(cadata=pki.ca_pem.decode())
+    conn = SSL.Connection(pki.server_context(), None)
+    conn.set_accept_state()
+    side = Side(TLSEngine(conn, server_side=True))
+    peer = StdlibPeer(ctx, server_side=False)
+    peer.step()
+    side.engine.receive(peer.outgoing.read())
+    pump_with_stdlib(side, peer)
+    assert peer.handshake_done
+    assert side.engine.state is TLSState.OPEN
+
+
+# -- the peer misbehaves ---------------------------------------------------------
+
+
+def test_garbage_instead_of_a_client_hello_fails_the_handshake_with_an_alert(pki: PKI) -> None:
+    _client, server = engine_pair(pki)
+    server.engine.receive(b"\x16\x03\x01\x00\x05hello, this is not TLS at all" * 3)
+    with pytest.raises(TLSHandshakeError) as info:
+        server.drain_events()
+    assert server.engine.state is TLSState.FAILED
+    assert isinstance(info.value, SSL.Error)
+    alert = server.engine.data_to_send()
+    assert alert[:1] == b"\x15", "a TLS alert record goes out before the close"
+
+
+def test_plain_http_on_the_tls_port_fails_the_handshake_with_a_reason(pki: PKI) -> None:
+    _client, server = engine_pair(pki)
+    server.engine.receive(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    with pytest.raises(TLSHandshakeError) as info:
+        server.drain_events()
+    assert "http" in info.value.reason.lower() or "version" in info.value.reason.lower()
+
+
+def test_a_corrupted_record_fails_with_a_protocol_error_and_an_alert(
+    pki: PKI, version: int
+) -> None:
+    client, server = open_pair(pki, version)
+    client.engine.send(b"secret" * 100)
+    record = bytearray(client.engine.data_to_send())
+    record[-5] ^= 0xFF
+    server.engine.receive(bytes(record))
+    with pytest.raises(TLSProtocolError) as info:
+        server.drain_events()
+    assert server.engine.state is TLSState.FAILED
+    assert server.engine.error is info.value
+    alert = server.engine.data_to_send()
+    # TLS 1.3 encrypts alerts inside an application_data record.
+    assert alert[:1] == (b"\x15" if version == SSL.TLS1_2_VERSION else b"\x17")
+    assert server.received == b""
+
+
+def test_a_truncated_record_then_eof_is_a_truncation_not_a_clean_close(
+    pki: PKI, version: int
+) -> None:
+    client, server = open_pair(pki, version)
+    client.engine.send(b"half of this is lost" * 50)
+    record = client.engine.data_to_send()
+    server.engine.receive(record[: len(record) // 2])
+    server.drain_events()
+    assert server.received == b""
+    server.engine.receive_eof()
+    with pytest.raises(TLSTruncationError):
+        server.drain_events()
+    assert server.engine.state is TLSState.FAILED
+
+
+def test_eof_without_close_notify_after_data_is_reported_as_truncation(pki: PKI) -> None:
+    client, server = open_pair(pki)
+    client.engine.send(b"complete record")
+    server.engine.receive(client.engine.data_to_send())
+    server.engine.receive_eof()
+    with pytest.raises(TLSTruncationError):
+        server.drain_events()
+    assert bytes(server.received) == b"complete record"
+
+
+def test_eof_during_the_handshake_is_a_truncation(pki: PKI) -> None:
+    client, server = engine_pair(pki)
+    client.drain_events()
+    server.engine.receive(client.engine.data_to_send()[:20])
+    server.drain_events()
+    server.engine.receive_eof()
+    with pytest.raises(TLSTruncationError) as info:
+        server.drain_events()
+    assert "handshake" in info.value.reason
+
+
+def test_untrusted_server_certificate_fails_the_client_handshake() -> None:
+    trusted, other = make_pki("ecdsa"), make_pki("rsa")
+    server_conn = SSL.Connection(other.server_context(), None)
+    server_conn.set_accept_state()
+    client_conn = SSL.Connection(trusted.client_context(), None)
+    client_conn.set_connect_state()
+    client = Side(TLSEngine(client_conn, server_side=False))
+    server = Side(TLSEngine(server_conn, server_side=True))
+    with pytest.raises(TLSHandshakeError) as info:
+        pump(client, server)
+    assert "certificate verify failed" in info.value.reason
+    assert client.engine.data_to_send()[:1] == b"\x15"
+
+
+# -- orderly shutdown and half-close -----------------------------------------------
+
+
+def test_close_sends_close_notify_and_the_peer_sees_a_clean_end(pki: PKI, version: int) -> None:
+    client, server = open_pair(pki, version)
+    server.engine.send(b"last words")
+    server.engine.close()
+    assert server.engine.state is TLSState.LOCAL_CLOSED
+    pump(client, server)
+    assert bytes(client.received) == b"last words"
+    assert Event.PEER_CLOSED in client.events
+    assert client.engine.state is TLSState.PEER_CLOSED
+    client.engine.close()
+    pump(client, server)
+    assert client.engine.state is TLSState.CLOSED
+    assert server.engine.state is TLSState.CLOSED
+    assert Event.PEER_CLOSED in server.events
+
+
+def test_after_the_peers_close_notify_we_may_still_send(pki: PKI) -> None:
+    client, server = open_pair(pki, SSL.TLS1_3_VERSION)
+    client.engine.close()
+    pump(client, server)
+    assert server.engine.state is TLSState.PEER_CLOSED
+    server.engine.send(b"response after half-close")
+    pump(client, server)
+    assert bytes(client.received) == b"response after half-close"
+
+
+def test_data_arriving_after_the_session_ended_is_ignored(pki: PKI) -> None:
+    client, server = open_pair(pki)
+    server.engine.abort()
+    assert server.engine.state is TLSState.CLOSED
+    client.engine.send(b"too late")
+    server.engine.receive(client.engine.data_to_send())
+    assert server.engine.next_event() is Event.NEED_DATA
+    assert server.received == b""
+
+
+def test_close_during_the_handshake_abandons_the_session(pki: PKI) -> None:
+    client, _server = engine_pair(pki)
+    client.engine.send(b"never sent")
+    client.engine.close()
+    assert client.engine.state is TLSState.CLOSED
+    assert client.engine.buffered == 0
+
+
+# -- the caller misuses the API ------------------------------------------------------
+
+
+def test_sending_after_close_is_a_state_error_not_an_attribute_error(pki: PKI) -> None:
+    client, _server = open_pair(pki)
+    client.engine.close()
+    with pytest.raises(TLSStateError):
+        client.engine.send(b"x")
+
+
+def test_asking_a_failed_engine_for_events_is_a_state_error(pki: PKI) -> None:
+    _client, server = engine_pair(pki)
+    server.engine.receive(b"\x00" * 64)
+    with pytest.raises(TLSHandshakeError):
+        server.drain_events()
+    with pytest.raises(TLSStateError):
+        server.engine.next_event()
+    with pytest.raises(TLSStateError):
+        server.engine.send(b"x")
+
+
+def test_buffer_limit_must_be_positive(pki: PKI) -> None:
+    conn = SSL.Connection(pki.server_context(), None)
+    with pytest.raises(ValueError):
+        TLSEngine(conn, server_side=True, send_buffer_limit=0)
+
+
+# -- renegotiation ---------------------------------------------------------------------
+
+
+def _bare(pki: PKI, *, server: bool) -> SSL.Connection:
+    if server:
+        conn = SSL.Connection(pki.server_context(SSL.TLS1_2_VERSION), None)
+        conn.set_accept_state()
+    else:
+        conn = SSL.Connection(pki.client_context(SSL.TLS1_2_VERSION), None)
+        conn.set_connect_state()
+    return conn
+
+
+def _shuttle(engine_side: Side, bare: SSL.Connection, received: bytearray) -> None:
+    """Pump an engine against a bare pyOpenSSL connection until quiet."""
+    for _ in range(100):
+        engine_side.drain_events()
+        out = engine_side.engine.data_to_send()
+        if out:
+            bare.bio_write(out)
+        try:
+            bare.do_handshake()
+        except SSL.WantReadError:
+            pass
+        while True:
+            try:
+                received += bare.recv(65536)
+            except (SSL.WantReadError, SSL.ZeroReturnError):
+                break
+        try:
+            back = bare.bio_read(1 << 20)
+        except SSL.WantReadError:
+            back = b""
+        if back:
+            engine_side.engine.receive(back)
+        if not out and not back:
+            return
+    raise AssertionError("never went quiet")
+
+
+def test_client_initiated_renegotiation_is_refused_by_a_server_engine() -> None:
+    pki = make_pki("ecdsa")
+    server = Side(TLSEngine(_bare(pki, server=True), server_side=True))
+    # The bare pyOpenSSL client plays the attacker asking to renegotiate.
+    client = _bare(pki, server=False)
+    got = bytearray()
+    _shuttle(server, client, got)
+    assert server.engine.state is TLSState.OPEN
+    assert client.renegotiate()
+    with pytest.raises(SSL.Error, match="no renegotiation"):
+        _shuttle(server, client, got)
+    # The server answered with a no_renegotiation alert and carried on.
+    assert server.engine.state is TLSState.OPEN
+
+
+def test_server_initiated_renegotiation_mid_transfer_loses_and_duplicates_nothing() -> None:
+    pki = make_pki("ecdsa")
+    client = Side(TLSEngine(_bare(pki, server=False), server_side=False))
+    server = _bare(pki, server=True)
+    got = bytearray()
+    _shuttle(client, server, got)
+    sent = bytearray()
+    for i in range(50):
+        chunk = os.urandom(5000)
+        sent += chunk
+        client.engine.send(chunk)
+        if i == 10:
+            assert server.renegotiate()
+            server.bio_write(client.engine.data_to_send())
+            try:
+                server.do_handshake()
+            except SSL.WantReadError:
+                pass
+        _shuttle(client, server, got)
+    _shuttle(client, server, got)
+    assert server.total_renegotiations() >= 1
+    assert bytes(got) == bytes(sent)
