@@ -1,0 +1,196 @@
+"""Result rows shared by every benchmark suite, and the reports built from them.
+
+Suites measure; this module only reports.  Keeping the row type, the medians, the ratios, the
+table and the chart in one place means the in-process suite and any later suite (end-to-end over
+loopback) are summarised identically by `run.py`, and a suite never formats output itself.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+#: Implementation names every suite should use for the comparison it makes.
+TWISTED = "twisted"
+OURS = "ours"
+BARE = "bare"
+
+#: Ratio columns of the table: (numerator, denominator).  A row shows its own rate divided by
+#: the baseline's, so the "ours" row carries ours/twisted and ours/bare.
+BASELINES: tuple[str, ...] = (TWISTED, BARE)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the user asked `run.py` for; each suite interprets it for its own workloads."""
+
+    quick: bool = False
+    #: Rounds of interleaved measurements; None means the suite's default.
+    rounds: int | None = None
+    #: Workload names to run; empty means all of them.
+    only: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Row:
+    """One implementation on one workload: a rate per round, per wall and per CPU second."""
+
+    suite: str
+    workload: str
+    description: str
+    implementation: str
+    #: "MB/s" (10**6 bytes per second) or "ops/s".
+    unit: str
+    #: Work done in each round, in bytes or operations, as verified by the suite.
+    work: int
+    #: Rate per wall-clock second, one value per round.
+    wall: tuple[float, ...]
+    #: Rate per CPU second of the benchmarking process (user + system), one value per round;
+    #: empty where the suite cannot attribute CPU time (e.g. work done in another process).
+    cpu: tuple[float, ...] = ()
+
+    @property
+    def wall_median(self) -> float:
+        return statistics.median(self.wall)
+
+    @property
+    def cpu_median(self) -> float | None:
+        return statistics.median(self.cpu) if self.cpu else None
+
+    @property
+    def wall_spread(self) -> float:
+        """(max - min) / median of the wall rates: a crude noise indicator, 0 for one round."""
+        median = self.wall_median
+        return (max(self.wall) - min(self.wall)) / median if median else 0.0
+
+
+def ratio(rows: Sequence[Row], row: Row, baseline: str) -> tuple[float | None, float | None]:
+    """`row`'s median rates divided by the same workload's `baseline` implementation's."""
+    base = next(
+        (
+            r
+            for r in rows
+            if r.suite == row.suite and r.workload == row.workload and r.implementation == baseline
+        ),
+        None,
+    )
+    if base is None:
+        return None, None
+    wall = row.wall_median / base.wall_median if base.wall_median else None
+    row_cpu, base_cpu = row.cpu_median, base.cpu_median
+    cpu = row_cpu / base_cpu if row_cpu is not None and base_cpu else None
+    return wall, cpu
+
+
+def _num(value: float | None, width: int, digits: int) -> str:
+    if value is None:
+        return "-".rjust(width)
+    return f"{value:{width}.{digits}f}"
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The medians-and-ratios table, one line per row, grouped by suite and workload."""
+    head1 = (
+        f"{'workload':<34} {'impl':<8} {'unit':<5} {'wall':>9} {'cpu':>9} {'spread':>6}"
+        + "".join(f"   {'/' + b:^13}" for b in BASELINES)
+    )
+    head2 = f"{'':<34} {'':<8} {'':<5} {'median':>9} {'median':>9} {'':>6}" + "".join(
+        f"   {'wall':>6} {'cpu':>6}" for _ in BASELINES
+    )
+    lines = [head1, head2, "-" * len(head2)]
+    previous: tuple[str, str] | None = None
+    for row in rows:
+        key = (row.suite, row.workload)
+        label = row.description if key != previous else ""
+        if previous is not None and key != previous:
+            lines.append("")
+        previous = key
+        line = (
+            f"{label[:34]:<34} {row.implementation:<8} {row.unit:<5} "
+            f"{_num(row.wall_median, 9, 1)} {_num(row.cpu_median, 9, 1)} "
+            f"{row.wall_spread * 100:5.1f}%"
+        )
+        for baseline in BASELINES:
+            wall, cpu = ratio(rows, row, baseline)
+            line += f"   {_num(wall, 6, 2)} {_num(cpu, 6, 2)}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def chart_pairs(rows: Sequence[Row]) -> list[tuple[str, str]]:
+    """Which (implementation, baseline) ratios the chart plots: ours against each baseline,
+    or Twisted against the bare floor when ours was not measured."""
+    names = {r.implementation for r in rows}
+    if OURS in names:
+        return [(OURS, b) for b in BASELINES if b in names]
+    if TWISTED in names and BARE in names:
+        return [(TWISTED, BARE)]
+    return []
+
+
+def write_chart(rows: Sequence[Row], path: Path) -> None:
+    """Write a PNG bar chart of the ratios (wall and CPU) per workload.
+
+    Needs matplotlib, a benchmark-only dependency that is imported here and nowhere else.
+    """
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise SystemExit(
+            "--chart needs matplotlib (pip install matplotlib); it is only used by benchmarks"
+        ) from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = chart_pairs(rows)
+    if not pairs:
+        raise SystemExit("--chart: no two implementations to compare")
+    workloads: list[tuple[str, str, str]] = []
+    for r in rows:
+        key = (r.suite, r.workload, r.description)
+        if key not in workloads:
+            workloads.append(key)
+    series: list[tuple[str, list[float]]] = []
+    for impl, baseline in pairs:
+        for kind in ("wall", "cpu"):
+            values: list[float] = []
+            for suite, workload, _ in workloads:
+                row = next(
+                    (
+                        r
+                        for r in rows
+                        if (r.suite, r.workload, r.implementation) == (suite, workload, impl)
+                    ),
+                    None,
+                )
+                wall, cpu = ratio(rows, row, baseline) if row is not None else (None, None)
+                value = wall if kind == "wall" else cpu
+                values.append(value if value is not None else float("nan"))
+            series.append((f"{impl}/{baseline} ({kind})", values))
+
+    height = max(3.0, 0.55 * len(workloads) * len(series) / 2 + 1.5)
+    fig, ax = plt.subplots(figsize=(10, height))
+    bar = 0.8 / len(series)
+    for i, (label, values) in enumerate(series):
+        positions = [w + (i - (len(series) - 1) / 2) * bar for w in range(len(workloads))]
+        bars = ax.barh(positions, values, height=bar, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(workloads)))
+    ax.set_yticklabels([f"{suite}: {desc}" for suite, _, desc in workloads], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio of median rates (higher is better for the numerator)")
+    ax.set_title("TLS transport benchmark: ratios of median rates")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_json(rows: Iterable[Row], path: Path, meta: dict[str, object]) -> None:
+    """Dump every per-round sample, so runs can be compared later."""
+    data = {"meta": meta, "rows": [asdict(r) for r in rows]}
+    path.write_text(json.dumps(data, indent=2) + "\n")
