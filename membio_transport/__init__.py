@@ -18,6 +18,7 @@ from ._errors import (
 from ._factory import MemoryBIOTLSFactory
 from ._protocol import MemoryBIOTLSProtocol
 from ._state import TLSState
+from ._wrap import startTLS, wrapClientTLS, wrapServerTLS
 
 __all__ = [
     "Event",
@@ -31,4 +32,7 @@ __all__ = [
     "TLSState",
     "TLSStateError",
     "TLSTruncationError",
+    "startTLS",
+    "wrapClientTLS",
+    "wrapServerTLS",
 ]

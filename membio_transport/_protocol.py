@@ -151,9 +151,9 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         Feed engine events to the application until the engine needs more
         ciphertext or the application pauses us, then flush what is due.
         """
-        if self._busy:
-            return
         engine = self._engine
+        if self._busy or engine.state is TLSState.FAILED:
+            return
         self._busy = True
         try:
             while not self._paused or engine.state is _HANDSHAKING:

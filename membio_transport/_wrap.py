@@ -1,0 +1,132 @@
+"""
+Putting TLS around things: endpoints, and connections already open.
+
+`wrapClientTLS` / `wrapServerTLS` mirror Twisted's
+``twisted.internet.endpoints.wrapClientTLS`` (which has no server twin) but
+use our transport.  `startTLS` upgrades a connected plaintext protocol in
+place, as STARTTLS in IRC, SMTP or LDAP does, without losing the bytes
+that may already sit on either side of the switch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Factory
+from zope.interface import implementer
+
+from ._factory import MemoryBIOTLSFactory
+from ._protocol import MemoryBIOTLSProtocol
+
+__all__ = ["startTLS", "wrapClientTLS", "wrapServerTLS"]
+
+
+@implementer(IStreamClientEndpoint)
+class _TLSClientEndpoint:
+    def __init__(self, creator: object, wrapped: IStreamClientEndpoint, clock: Any) -> None:
+        self._creator = creator
+        self._wrapped = wrapped
+        self._clock = clock
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        factory = MemoryBIOTLSFactory(self._creator, True, protocolFactory, self._clock)
+        d = self._wrapped.connect(factory)
+        # Like Twisted's wrapClientTLS: callers get their own protocol.
+        return d.addCallback(lambda tls: tls.wrappedProtocol)
+
+
+@implementer(IStreamServerEndpoint)
+class _TLSServerEndpoint:
+    def __init__(self, creator: object, wrapped: IStreamServerEndpoint, clock: Any) -> None:
+        self._creator = creator
+        self._wrapped = wrapped
+        self._clock = clock
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        factory = MemoryBIOTLSFactory(self._creator, False, protocolFactory, self._clock)
+        return self._wrapped.listen(factory)
+
+
+def wrapClientTLS(
+    connectionCreator: object,
+    wrappedEndpoint: IStreamClientEndpoint,
+    clock: IReactorTime | None = None,
+) -> IStreamClientEndpoint:
+    """
+    A client endpoint that speaks TLS over C{wrappedEndpoint}.
+
+    @param connectionCreator: usually ``optionsForClientTLS(hostname)``,
+        which verifies the server's name with service_identity.
+    """
+    return _TLSClientEndpoint(connectionCreator, wrappedEndpoint, clock)
+
+
+def wrapServerTLS(
+    contextFactory: object,
+    wrappedEndpoint: IStreamServerEndpoint,
+    clock: IReactorTime | None = None,
+) -> IStreamServerEndpoint:
+    """A server endpoint whose connections speak TLS over C{wrappedEndpoint}'s."""
+    return _TLSServerEndpoint(contextFactory, wrappedEndpoint, clock)
+
+
+def startTLS(
+    protocol: IProtocol,
+    contextFactory: object,
+    isClient: bool,
+    *,
+    received: bytes = b"",
+    clock: IReactorTime | None = None,
+    **factory_options: Any,
+) -> MemoryBIOTLSProtocol:
+    """
+    Switch a connected protocol to TLS, in place.
+
+    Everything the protocol wrote before this call goes out in plaintext
+    first; everything it writes afterwards is encrypted.  Its transport is
+    replaced by the TLS transport; ``connectionMade`` is not called again,
+    and ``handshakeCompleted`` is, if the protocol listens for it.
+
+    @param protocol: a protocol whose ``transport`` delivers to it through
+        a ``protocol`` attribute, as Twisted's TCP, UNIX and in-memory
+        transports do.
+    @param received: bytes the protocol already read past its STARTTLS
+        command (for a ``LineReceiver``, what ``clearLineBuffer()``
+        returns): they are the start of the peer's TLS stream.
+    @return: the TLS transport now under C{protocol}.
+    """
+    transport: Any = getattr(protocol, "transport", None)
+    if transport is None or getattr(transport, "protocol", None) is not protocol:
+        raise ValueError(
+            "startTLS needs a connected protocol whose transport delivers to it "
+            "through a 'protocol' attribute"
+        )
+    factory = MemoryBIOTLSFactory(
+        contextFactory, isClient, _ExistingProtocolFactory(protocol), clock, **factory_options
+    )
+    tls = factory.protocol(factory, protocol, _connectWrapped=False)
+    transport.protocol = tls
+    protocol.transport = tls  # type: ignore[attr-defined]
+    tls.makeConnection(transport)
+    if received:
+        tls.dataReceived(received)
+    return tls
+
+
+class _ExistingProtocolFactory(Factory):
+    """The factory behind a `startTLS` switch: its one protocol exists."""
+
+    def __init__(self, protocol: IProtocol) -> None:
+        self._existing = protocol
+
+    def buildProtocol(self, addr: Any) -> IProtocol:
+        return self._existing
