@@ -86,7 +86,7 @@ def describe(error: SSL.Error) -> str:
     if isinstance(error, TLSConnectionError):
         return error.reason
     if isinstance(error, SSL.SysCallError):
-        _errno, message = (list(error.args) + [None, None])[:2]
+        _errno, message = [*error.args, None, None][:2]
         return str(message or "connection closed by peer")
     if isinstance(error, SSL.ZeroReturnError):
         return "peer closed the TLS session"

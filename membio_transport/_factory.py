@@ -10,13 +10,12 @@ an ``SSL.Connection``, the clock, and the limits and timeouts.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
     ILoggingContext,
     IOpenSSLClientConnectionCreator,
-    IOpenSSLContextFactory,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
     IReactorTime,
@@ -60,13 +59,14 @@ def connection_creator(is_client: bool, context_factory: object) -> ConnectionFo
     ``IOpenSSLContextFactory`` or anything with ``getContext()``.
     """
     make: Callable[[Any], SSL.Connection]
-    if is_client and IOpenSSLClientConnectionCreator.providedBy(context_factory):
-        make = context_factory.clientConnectionForTLS  # type: ignore[attr-defined]
-    elif not is_client and IOpenSSLServerConnectionCreator.providedBy(context_factory):
-        make = context_factory.serverConnectionForTLS  # type: ignore[attr-defined]
+    creator: Any = context_factory
+    if is_client and IOpenSSLClientConnectionCreator.providedBy(creator):
+        make = cast("Callable[[Any], SSL.Connection]", creator.clientConnectionForTLS)
+    elif not is_client and IOpenSSLServerConnectionCreator.providedBy(creator):
+        make = cast("Callable[[Any], SSL.Connection]", creator.serverConnectionForTLS)
     else:
-        get_context = getattr(context_factory, "getContext", None)
-        if get_context is None and not IOpenSSLContextFactory.providedBy(context_factory):
+        get_context: Any = getattr(creator, "getContext", None)
+        if get_context is None:
             side = "Client" if is_client else "Server"
             raise TypeError(
                 f"{context_factory!r} is not a TLS context factory: expected an "
@@ -122,7 +122,7 @@ class MemoryBIOTLSFactory(WrappingFactory):
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
     ) -> None:
-        super().__init__(wrappedFactory)
+        super().__init__(wrappedFactory)  # type: ignore[no-untyped-call]
         self.isClient = bool(isClient)
         self.connection_for = connection_creator(self.isClient, contextFactory)
         self._clock = clock
@@ -135,8 +135,7 @@ class MemoryBIOTLSFactory(WrappingFactory):
         if self._clock is None:
             from twisted.internet import reactor
 
-            self._clock = reactor  # type: ignore[assignment]
-        assert self._clock is not None
+            self._clock = cast(IReactorTime, reactor)
         return self._clock
 
     def logPrefix(self) -> str:
@@ -169,7 +168,7 @@ class MemoryBIOTLSFactory(WrappingFactory):
                 return
             cls = type(protocol)
             view = type(cls.__name__, (cls,), {"__module__": cls.__module__})
-            classImplements(view, *tuple(transport_spec))
+            classImplements(view, *tuple(transport_spec))  # type: ignore[misc]
             _VIEWS[key] = view
         protocol.__class__ = view
 

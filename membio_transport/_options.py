@@ -53,7 +53,7 @@ _SESSION_ID_CONTEXT: Final = b"membio-transport"
 def _set_groups(context: SSL.Context) -> None:
     # pyOpenSSL has no public call for the group list; go through the
     # binding it ships, trying without the hybrid group when unsupported.
-    from OpenSSL._util import lib as _lib  # noqa: PLC0415
+    from OpenSSL._util import lib as _lib
 
     set_list: Any = getattr(_lib, "SSL_CTX_set1_groups_list", None)
     if set_list is None:
@@ -102,7 +102,7 @@ def server_context(
     if alpn:
         offered = list(alpn)
 
-        def select(connection: SSL.Connection, client_protocols: list[bytes]) -> bytes:
+        def select(connection: SSL.Connection, client_protocols: list[bytes]) -> Any:
             for candidate in offered:
                 if candidate in client_protocols:
                     return candidate

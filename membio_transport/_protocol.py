@@ -87,6 +87,11 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
     """
 
     factory: MemoryBIOTLSFactory
+    #: Any transport: TCP, UNIX, another TLS layer, a test double.  Optional
+    #: methods (abortConnection, loseWriteConnection...) are looked up as
+    #: Twisted's own layer does, so it is typed loosely on purpose.
+    transport: Any
+    wrappedProtocol: Any
     _engine: TLSEngine
     _reason: Failure | None = None
     _producer: ProducerProxy | None = None
@@ -100,7 +105,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         wrappedProtocol: IProtocol,
         _connectWrapped: bool = True,
     ) -> None:
-        super().__init__(factory, wrappedProtocol)
+        super().__init__(factory, wrappedProtocol)  # type: ignore[arg-type]
         self._connect_wrapped = _connectWrapped
         self._batch: list[bytes] = []
         self._batch_size = 0
@@ -123,7 +128,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         factory.provide_transport_interfaces(self, providedBy(transport))
         self.transport = transport
         self.connected = 1
-        factory.registerProtocol(self)
+        factory.registerProtocol(self)  # type: ignore[no-untyped-call]
         if factory.handshake_timeout is not None:
             self._handshake_timer = factory.clock.callLater(
                 factory.handshake_timeout, self._handshake_timed_out
@@ -257,7 +262,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         # producer is still registered (it may finish its work first).
         if self.disconnecting and self._producer is None:
             return False
-        return self.connected and self._engine.state in _SENDABLE
+        return bool(self.connected) and self._engine.state in _SENDABLE
 
     def _send(self, data: bytes) -> None:
         if not self._engine.send(data) and self._producer is not None:

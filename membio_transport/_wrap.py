@@ -40,8 +40,13 @@ class _TLSClientEndpoint:
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         factory = MemoryBIOTLSFactory(self._creator, True, protocolFactory, self._clock)
         d = self._wrapped.connect(factory)
-        # Like Twisted's wrapClientTLS: callers get their own protocol.
-        return d.addCallback(lambda tls: tls.wrappedProtocol)
+
+        def unwrap(tls: Any) -> IProtocol:
+            # Like Twisted's wrapClientTLS: callers get their own protocol.
+            wrapped: IProtocol = tls.wrappedProtocol
+            return wrapped
+
+        return d.addCallback(unwrap)
 
 
 @implementer(IStreamServerEndpoint)
@@ -115,7 +120,7 @@ def startTLS(
     )
     tls = factory.protocol(factory, protocol, _connectWrapped=False)
     transport.protocol = tls
-    protocol.transport = tls  # type: ignore[attr-defined]
+    protocol.transport = tls
     tls.makeConnection(transport)
     if received:
         tls.dataReceived(received)
@@ -128,5 +133,5 @@ class _ExistingProtocolFactory(Factory):
     def __init__(self, protocol: IProtocol) -> None:
         self._existing = protocol
 
-    def buildProtocol(self, addr: Any) -> IProtocol:
+    def buildProtocol(self, addr: Any) -> Any:
         return self._existing

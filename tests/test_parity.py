@@ -72,8 +72,8 @@ class App(protocol.Protocol):
         if self.on_data is not None:
             self.on_data(self, data)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
-        self.lost = reason
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost = reason or Failure(ConnectionDone())
 
 
 @implementer(IHalfCloseableProtocol)

@@ -82,7 +82,9 @@ class Talker(LineReceiver):
         self.handshakes += 1
 
 
-@pytest.mark.parametrize("initiator_is_tls_client", [True, False], ids=["client-first", "server-first"])
+@pytest.mark.parametrize(
+    "initiator_is_tls_client", [True, False], ids=["client-first", "server-first"]
+)
 def test_starttls_switch_loses_and_misroutes_nothing(initiator_is_tls_client: bool) -> None:
     clock = Clock()
     initiator = Talker(tls_client=initiator_is_tls_client, initiator=True, clock=clock)
@@ -136,7 +138,8 @@ class Collect(protocol.Protocol):
 def test_wrapped_endpoints_carry_tls_over_real_loopback_tcp() -> Any:
     from twisted.internet import defer, reactor
 
-    server_ep = wrapServerTLS(server_creator(), TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+    listening = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    server_ep = wrapServerTLS(server_creator(), listening)
     port = yield server_ep.listen(protocol.Factory.forProtocol(Echo))
     try:
         client_ep = wrapClientTLS(
