@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine that has only python3 (3.11+):
+# installs the system tools the tests drive (openssl, curl, chromium, NSS
+# tools) when they are missing, builds .venv, then runs ruff, mypy and pytest.
+# Arguments are passed to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v certutil >/dev/null || missing+=(libnss3-tools)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then apt=(apt-get); else apt=(sudo -n apt-get); fi
+    echo "tests/run.sh: installing ${missing[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+
+.venv/bin/python -m ruff check .
+.venv/bin/python -m mypy
+exec .venv/bin/python -m pytest "$@"
