@@ -27,7 +27,7 @@ import importlib
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -87,12 +87,14 @@ class Sizes:
     handshakes: int
     resumed_handshakes: int
     rounds: int
+    #: Pieces each measurement is cut into, to interleave implementations finely.
+    slices: int
 
 
-FULL = Sizes(64 * MiB, 10_000, 100, 1_000, 1_000, rounds=7)
-QUICK = Sizes(4 * MiB, 500, 100, 40, 40, rounds=3)
+FULL = Sizes(64 * MiB, 10_000, 100, 1_000, 1_000, rounds=7, slices=8)
+QUICK = Sizes(4 * MiB, 500, 100, 40, 40, rounds=3, slices=2)
 #: For the smoke test and for warming up: every code path, almost no time.
-TINY = Sizes(256 * KiB, 20, 100, 3, 3, rounds=1)
+TINY = Sizes(256 * KiB, 20, 100, 4, 4, rounds=1, slices=2)
 
 
 @dataclass(frozen=True)
@@ -103,22 +105,18 @@ class Measurement:
     #: receiving application protocol (not by the layer under test).
     work: int
 
+    def __add__(self, other: Measurement) -> Measurement:
+        return Measurement(self.wall + other.wall, self.cpu + other.cpu, self.work + other.work)
+
 
 class BenchmarkError(RuntimeError):
     """The harness or an implementation did not do the work it was asked to do."""
-
-
-#: Collect garbage before each measured loop (off while profiling, where it would only add
-#: a gc.collect entry to the profile).
-COLLECT_BEFORE_TIMING = True
 
 
 class _Stopwatch:
     """Wall and process CPU time around the measured loop only."""
 
     def __init__(self) -> None:
-        if COLLECT_BEFORE_TIMING:
-            gc.collect()
         self._wall = time.perf_counter()
         self._cpu = time.process_time()
 
@@ -526,24 +524,42 @@ def _lost_reasons(*apps: _App) -> str:
 # --------------------------------------------------------------------------- implementations
 
 
+def split(total: int, slices: int) -> list[int]:
+    """`total` cut into `slices` near-equal positive parts (fewer if `total` is smaller)."""
+    slices = max(1, min(slices, total))
+    base, extra = divmod(total, slices)
+    return [base + (1 if i < extra else 0) for i in range(slices)]
+
+
 class Implementation(abc.ABC):
-    """One way of doing the workloads' TLS work."""
+    """One way of doing the workloads' TLS work.
+
+    Each method is a generator: it sets up (untimed), then yields one `Measurement` per
+    slice of the work, keeping its connection open in between, and tears down (untimed) when
+    resumed after the last slice.  `collect` advances the implementations' generators in
+    turn, so their slices interleave finely (A B C A B C ...) and a burst of load from
+    elsewhere on the machine hits all of them alike.
+    """
 
     name: str
     label: str
 
     @abc.abstractmethod
-    def bulk(self, tls: TLSSetup, total: int, write_size: int) -> Measurement:
+    def bulk(
+        self, tls: TLSSetup, total: int, write_size: int, slices: int
+    ) -> Iterator[Measurement]:
         """Server writes `total` bytes in `write_size` writes; the client counts them."""
 
     @abc.abstractmethod
-    def echo(self, tls: TLSSetup, round_trips: int, size: int) -> Measurement:
+    def echo(
+        self, tls: TLSSetup, round_trips: int, size: int, slices: int
+    ) -> Iterator[Measurement]:
         """Client writes `size` bytes and waits for the server's echo, `round_trips` times."""
 
     @abc.abstractmethod
     def connections(
-        self, tls: TLSSetup, creator: ClientCreator, count: int, remember: bool
-    ) -> Measurement:
+        self, tls: TLSSetup, creator: ClientCreator, count: int, remember: bool, slices: int
+    ) -> Iterator[Measurement]:
         """`count` connections: handshake, small request and response, clean TLS close.
         With `remember`, the client keeps each connection's session for the next one."""
 
@@ -557,7 +573,12 @@ class FactoryImplementation(Implementation):
         self.label = label
         self.factory_type = factory_type
 
-    def bulk(self, tls: TLSSetup, total: int, write_size: int) -> Measurement:
+    def bulk(
+        self, tls: TLSSetup, total: int, write_size: int, slices: int
+    ) -> Iterator[Measurement]:
+        writes_total, rest = divmod(total, write_size)
+        if rest:
+            raise ValueError("bulk size must be a multiple of the write size")
         harness = _Harness(self.factory_type, tls, tls.client_creator())
         receiver, sender = BulkReceiver(), BulkSender()
         pump = harness.connect(receiver, sender)
@@ -565,33 +586,34 @@ class FactoryImplementation(Implementation):
         pump.run_until_idle("bulk set-up")
         payload = b"\xa5" * write_size
         per_step = max(1, BURST // write_size)
-        writes, rest = divmod(total, write_size)
-        if rest:
-            raise ValueError("bulk size must be a multiple of the write size")
         transport = sender.transport
         step = pump.step
 
-        watch = _Stopwatch()
-        while writes:
-            n = per_step if writes >= per_step else writes
-            writes -= n
-            for _ in range(n):
-                transport.write(payload)
-            step()
-        while receiver.received < total:
-            if not step():
-                raise BenchmarkError(
-                    f"bulk stalled at {receiver.received} of {total} bytes "
-                    + _lost_reasons(receiver, sender)
-                )
-        measurement = watch.stop(receiver.received)
+        for writes in split(writes_total, slices):
+            before = receiver.received
+            expected = before + writes * write_size
+            watch = _Stopwatch()
+            while writes:
+                n = per_step if writes >= per_step else writes
+                writes -= n
+                for _ in range(n):
+                    transport.write(payload)
+                step()
+            while receiver.received < expected:
+                if not step():
+                    raise BenchmarkError(
+                        f"bulk stalled at {receiver.received} of {total} bytes "
+                        + _lost_reasons(receiver, sender)
+                    )
+            yield watch.stop(receiver.received - before)
 
         receiver.transport.loseConnection()
         pump.run_until(lambda: pump.closed, "bulk close")
         harness.stop()
-        return measurement
 
-    def echo(self, tls: TLSSetup, round_trips: int, size: int) -> Measurement:
+    def echo(
+        self, tls: TLSSetup, round_trips: int, size: int, slices: int
+    ) -> Iterator[Measurement]:
         harness = _Harness(self.factory_type, tls, tls.client_creator())
         client, server = EchoClient(b"\x5a" * size), EchoServer()
         pump = harness.connect(client, server)
@@ -600,50 +622,51 @@ class FactoryImplementation(Implementation):
         pump.run_until_idle("echo set-up")
         step = pump.step
 
-        watch = _Stopwatch()
-        client.start(round_trips)
-        while client.completed < round_trips:
-            if not step():
-                raise BenchmarkError(
-                    f"echo stalled after {client.completed} round trips "
-                    + _lost_reasons(client, server)
-                )
-        measurement = watch.stop(client.completed)
+        for part in split(round_trips, slices):
+            watch = _Stopwatch()
+            client.start(part)
+            while client.completed < part:
+                if not step():
+                    raise BenchmarkError(
+                        f"echo stalled after {client.completed} round trips "
+                        + _lost_reasons(client, server)
+                    )
+            measurement = watch.stop(client.completed)
+            if client.received != part * size:
+                raise BenchmarkError(f"echo received {client.received} bytes")
+            yield measurement
 
-        if client.received != round_trips * size:
-            raise BenchmarkError(f"echo received {client.received} bytes")
         client.transport.loseConnection()
         pump.run_until(lambda: pump.closed, "echo close")
         harness.stop()
-        return measurement
 
     def connections(
-        self, tls: TLSSetup, creator: ClientCreator, count: int, remember: bool
-    ) -> Measurement:
+        self, tls: TLSSetup, creator: ClientCreator, count: int, remember: bool, slices: int
+    ) -> Iterator[Measurement]:
         harness = _Harness(self.factory_type, tls, creator)
         on_response = creator.remember_session if remember else None
         connect = harness.connect
-        completed = 0
 
-        watch = _Stopwatch()
-        for _ in range(count):
-            client, server = ConnectClient(on_response), ConnectServer()
-            pump = connect(client, server)
-            step = pump.step
-            while not pump.closed:
-                if not step():
+        for part in split(count, slices):
+            completed = 0
+            watch = _Stopwatch()
+            for _ in range(part):
+                client, server = ConnectClient(on_response), ConnectServer()
+                pump = connect(client, server)
+                step = pump.step
+                while not pump.closed:
+                    if not step():
+                        raise BenchmarkError(
+                            f"connection {completed} stalled " + _lost_reasons(client, server)
+                        )
+                if not client.done or client.received != len(RESPONSE):
                     raise BenchmarkError(
-                        f"connection {completed} stalled " + _lost_reasons(client, server)
+                        f"connection {completed} closed early " + _lost_reasons(client, server)
                     )
-            if not client.done or client.received != len(RESPONSE):
-                raise BenchmarkError(
-                    f"connection {completed} closed early " + _lost_reasons(client, server)
-                )
-            completed += 1
-        measurement = watch.stop(completed)
+                completed += 1
+            yield watch.stop(completed)
 
         harness.stop()
-        return measurement
 
 
 def _drain(connection: SSL.Connection) -> int:
@@ -700,125 +723,130 @@ class BarePyOpenSSL(Implementation):
         if _drain(client) or _drain(server) or _move(client, server) or _move(server, client):
             raise BenchmarkError("unexpected bytes after the handshake")
 
-    def bulk(self, tls: TLSSetup, total: int, write_size: int) -> Measurement:
+    def bulk(
+        self, tls: TLSSetup, total: int, write_size: int, slices: int
+    ) -> Iterator[Measurement]:
+        writes_total, rest = divmod(total, write_size)
+        if rest:
+            raise ValueError("bulk size must be a multiple of the write size")
         client, server = self._pair(tls, tls.client_creator())
         self._establish(client, server)
         payload = memoryview(b"\xa5" * write_size)
         per_step = max(1, BURST // write_size)
-        writes, rest = divmod(total, write_size)
-        if rest:
-            raise ValueError("bulk size must be a multiple of the write size")
         send, bio_read = server.send, server.bio_read
         bio_write, recv = client.bio_write, client.recv
-        received = 0
 
-        watch = _Stopwatch()
-        while writes:
-            n = per_step if writes >= per_step else writes
-            writes -= n
-            for _ in range(n):
-                sent = send(payload)
-                while sent < write_size:  # only with partial writes enabled
-                    sent += send(payload[sent:])
-            data = bio_read(BIO_READ_SIZE)
-            while len(data) == BIO_READ_SIZE:
+        for writes in split(writes_total, slices):
+            received = 0
+            watch = _Stopwatch()
+            while writes:
+                n = per_step if writes >= per_step else writes
+                writes -= n
+                for _ in range(n):
+                    sent = send(payload)
+                    while sent < write_size:  # only with partial writes enabled
+                        sent += send(payload[sent:])
+                data = bio_read(BIO_READ_SIZE)
+                while len(data) == BIO_READ_SIZE:
+                    bio_write(data)
+                    try:
+                        data = bio_read(BIO_READ_SIZE)
+                    except SSL.WantReadError:
+                        data = b""
                 bio_write(data)
                 try:
-                    data = bio_read(BIO_READ_SIZE)
+                    while True:
+                        received += len(recv(RECV_SIZE))
                 except SSL.WantReadError:
-                    data = b""
-            bio_write(data)
-            try:
-                while True:
-                    received += len(recv(RECV_SIZE))
-            except SSL.WantReadError:
-                pass
-        measurement = watch.stop(received)
-        return measurement
+                    pass
+            yield watch.stop(received)
 
-    def echo(self, tls: TLSSetup, round_trips: int, size: int) -> Measurement:
+    def echo(
+        self, tls: TLSSetup, round_trips: int, size: int, slices: int
+    ) -> Iterator[Measurement]:
         client, server = self._pair(tls, tls.client_creator())
         self._establish(client, server)
         message = b"\x5a" * size
         c_send, c_read, c_write = client.send, client.bio_read, client.bio_write
         s_send, s_read, s_write = server.send, server.bio_read, server.bio_write
         c_recv, s_recv = client.recv, server.recv
-        completed = 0
-        received = 0
         want_read = SSL.WantReadError
 
-        watch = _Stopwatch()
-        while completed < round_trips:
-            c_send(message)
-            s_write(c_read(BIO_READ_SIZE))
-            try:
-                while True:
-                    s_send(s_recv(RECV_SIZE))
-            except want_read:
-                pass
-            c_write(s_read(BIO_READ_SIZE))
-            try:
-                while True:
-                    received += len(c_recv(RECV_SIZE))
-            except want_read:
-                pass
-            completed += 1
-        measurement = watch.stop(completed)
-
-        if received != round_trips * size:
-            raise BenchmarkError(f"echo received {received} bytes")
-        return measurement
+        for part in split(round_trips, slices):
+            completed = 0
+            received = 0
+            watch = _Stopwatch()
+            while completed < part:
+                c_send(message)
+                s_write(c_read(BIO_READ_SIZE))
+                try:
+                    while True:
+                        s_send(s_recv(RECV_SIZE))
+                except want_read:
+                    pass
+                c_write(s_read(BIO_READ_SIZE))
+                try:
+                    while True:
+                        received += len(c_recv(RECV_SIZE))
+                except want_read:
+                    pass
+                completed += 1
+            measurement = watch.stop(completed)
+            if received != part * size:
+                raise BenchmarkError(f"echo received {received} bytes")
+            yield measurement
 
     def connections(
-        self, tls: TLSSetup, creator: ClientCreator, count: int, remember: bool
-    ) -> Measurement:
+        self, tls: TLSSetup, creator: ClientCreator, count: int, remember: bool, slices: int
+    ) -> Iterator[Measurement]:
         server_context = tls.server_context
         new_client = creator.clientConnectionForTLS
         connection = SSL.Connection
         want_read, zero_return = SSL.WantReadError, SSL.ZeroReturnError
-        completed = 0
 
-        watch = _Stopwatch()
-        for _ in range(count):
-            client = new_client(None)
-            client.set_connect_state()
-            server = connection(server_context, None)
-            server.set_accept_state()
-            try:  # noqa: SIM105 (hot loop: no context manager)
-                client.do_handshake()  # ClientHello
-            except want_read:
-                pass
-            server.bio_write(client.bio_read(BIO_READ_SIZE))
-            try:  # noqa: SIM105 (hot loop: no context manager)
-                server.do_handshake()  # ServerHello ... Finished
-            except want_read:
-                pass
-            client.bio_write(server.bio_read(BIO_READ_SIZE))
-            client.send(REQUEST)  # finishes the client handshake, then the request
-            server.bio_write(client.bio_read(BIO_READ_SIZE))
-            if _drain(server) != len(REQUEST):  # finishes the server side, sends tickets
-                raise BenchmarkError("bad request")
-            server.send(RESPONSE)
-            client.bio_write(server.bio_read(BIO_READ_SIZE))
-            if _drain(client) != len(RESPONSE):  # takes in the tickets, then the response
-                raise BenchmarkError("bad response")
-            if remember:
-                creator.remember_session()
-            client.shutdown()  # close_notify, answered as Twisted's TLS layer does
-            server.bio_write(client.bio_read(BIO_READ_SIZE))
-            try:  # noqa: SIM105
-                server.recv(RECV_SIZE)
-            except zero_return:
-                pass
-            server.shutdown()
-            client.bio_write(server.bio_read(BIO_READ_SIZE))
-            try:  # noqa: SIM105
-                client.recv(RECV_SIZE)
-            except zero_return:
-                pass
-            client.shutdown()
-            completed += 1
-        return watch.stop(completed)
+        for part in split(count, slices):
+            completed = 0
+            watch = _Stopwatch()
+            for _ in range(part):
+                client = new_client(None)
+                client.set_connect_state()
+                server = connection(server_context, None)
+                server.set_accept_state()
+                try:  # noqa: SIM105 (hot loop: no context manager)
+                    client.do_handshake()  # ClientHello
+                except want_read:
+                    pass
+                server.bio_write(client.bio_read(BIO_READ_SIZE))
+                try:  # noqa: SIM105 (hot loop: no context manager)
+                    server.do_handshake()  # ServerHello ... Finished
+                except want_read:
+                    pass
+                client.bio_write(server.bio_read(BIO_READ_SIZE))
+                client.send(REQUEST)  # finishes the client handshake, then the request
+                server.bio_write(client.bio_read(BIO_READ_SIZE))
+                if _drain(server) != len(REQUEST):  # finishes the server side, sends tickets
+                    raise BenchmarkError("bad request")
+                server.send(RESPONSE)
+                client.bio_write(server.bio_read(BIO_READ_SIZE))
+                if _drain(client) != len(RESPONSE):  # takes in the tickets, then the response
+                    raise BenchmarkError("bad response")
+                if remember:
+                    creator.remember_session()
+                client.shutdown()  # close_notify, answered as Twisted's TLS layer does
+                server.bio_write(client.bio_read(BIO_READ_SIZE))
+                try:  # noqa: SIM105
+                    server.recv(RECV_SIZE)
+                except zero_return:
+                    pass
+                server.shutdown()
+                client.bio_write(server.bio_read(BIO_READ_SIZE))
+                try:  # noqa: SIM105
+                    client.recv(RECV_SIZE)
+                except zero_return:
+                    pass
+                client.shutdown()
+                completed += 1
+            yield watch.stop(completed)
 
 
 def load_ours() -> tuple[Callable[..., Any] | None, str]:
@@ -858,19 +886,26 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _run_resumed(impl: Implementation, tls: TLSSetup, count: int) -> Measurement:
+def _run_resumed(impl: Implementation, tls: TLSSetup, sizes: Sizes) -> Iterator[Measurement]:
     creator = tls.client_creator(count_verifications=True)
-    impl.connections(tls, creator, 1, remember=True)  # full handshake: primes the session
+    total(impl.connections(tls, creator, 1, True, 1))  # full handshake: primes the session
     before = creator.verifications
     if not before or creator.session is None:
         raise BenchmarkError("priming connection did not verify the server or get a session")
-    measurement = impl.connections(tls, creator, count, remember=True)
+    yield from impl.connections(tls, creator, sizes.resumed_handshakes, True, sizes.slices)
     if creator.verifications != before:
         raise BenchmarkError(
             f"{impl.name}: {creator.verifications - before} certificate verifications while "
             "resuming: some handshakes were not resumed"
         )
-    return measurement
+
+
+def total(slices: Iterable[Measurement]) -> Measurement:
+    """Run every slice of one measurement and add them up."""
+    result = Measurement(0.0, 0.0, 0)
+    for measurement in slices:
+        result += measurement
+    return result
 
 
 @dataclass(frozen=True)
@@ -880,7 +915,13 @@ class Workload:
     describe: Callable[[Sizes], str]
     #: Work one measurement must report, in bytes or operations.
     expected: Callable[[Sizes], int]
-    run: Callable[[Implementation, TLSSetup, Sizes], Measurement]
+    #: The measurement's slices, as a generator (see `Implementation`).
+    slices: Callable[[Implementation, TLSSetup, Sizes], Iterator[Measurement]]
+
+    def run(self, impl: Implementation, tls: TLSSetup, sizes: Sizes) -> Measurement:
+        """One whole measurement, not interleaved with anything."""
+        gc.collect()
+        return total(self.slices(impl, tls, sizes))
 
 
 WORKLOADS: tuple[Workload, ...] = (
@@ -889,35 +930,37 @@ WORKLOADS: tuple[Workload, ...] = (
         "MB/s",
         lambda s: f"bulk {_size(s.bulk_bytes)} in 16 KiB writes",
         lambda s: s.bulk_bytes,
-        lambda impl, tls, s: impl.bulk(tls, s.bulk_bytes, 16 * KiB),
+        lambda impl, tls, s: impl.bulk(tls, s.bulk_bytes, 16 * KiB, s.slices),
     ),
     Workload(
         "bulk-64k",
         "MB/s",
         lambda s: f"bulk {_size(s.bulk_bytes)} in 64 KiB writes",
         lambda s: s.bulk_bytes,
-        lambda impl, tls, s: impl.bulk(tls, s.bulk_bytes, 64 * KiB),
+        lambda impl, tls, s: impl.bulk(tls, s.bulk_bytes, 64 * KiB, s.slices),
     ),
     Workload(
         "echo",
         "ops/s",
         lambda s: f"echo {s.echo_round_trips} x {s.echo_size} B round trips",
         lambda s: s.echo_round_trips,
-        lambda impl, tls, s: impl.echo(tls, s.echo_round_trips, s.echo_size),
+        lambda impl, tls, s: impl.echo(tls, s.echo_round_trips, s.echo_size, s.slices),
     ),
     Workload(
         "handshake",
         "ops/s",
         lambda s: f"{s.handshakes} full handshakes (conn/s)",
         lambda s: s.handshakes,
-        lambda impl, tls, s: impl.connections(tls, tls.client_creator(), s.handshakes, False),
+        lambda impl, tls, s: impl.connections(
+            tls, tls.client_creator(), s.handshakes, False, s.slices
+        ),
     ),
     Workload(
         "resumed",
         "ops/s",
         lambda s: f"{s.resumed_handshakes} resumed handshakes (conn/s)",
         lambda s: s.resumed_handshakes,
-        lambda impl, tls, s: _run_resumed(impl, tls, s.resumed_handshakes),
+        _run_resumed,
     ),
 )
 
@@ -943,9 +986,9 @@ def probe(impl: Implementation, tls: TLSSetup) -> str:
     from service_identity.cryptography import verify_certificate_hostname
 
     creator = tls.client_creator(count_verifications=True)
-    impl.connections(tls, creator, 1, remember=True)
+    total(impl.connections(tls, creator, 1, True, 1))
     full = creator.verifications
-    impl.connections(tls, creator, 2, remember=True)
+    total(impl.connections(tls, creator, 2, True, 1))
     if not full or creator.verifications != full:
         raise BenchmarkError(
             f"{impl.name}: verifications full={full} after resuming={creator.verifications}"
@@ -966,6 +1009,35 @@ def probe(impl: Implementation, tls: TLSSetup) -> str:
     )
 
 
+def _interleaved(
+    workload: Workload, impls: list[Implementation], tls: TLSSetup, sizes: Sizes
+) -> tuple[dict[str, Measurement], list[tuple[Implementation, Exception]]]:
+    """One measurement per implementation, their slices run in turn: A B C A B C ...
+
+    Returns the measurements, and the implementations that raised or did the wrong amount of
+    work, with why; those are left out of the measurements."""
+    running = {impl.name: (impl, workload.slices(impl, tls, sizes)) for impl in impls}
+    totals = {name: Measurement(0.0, 0.0, 0) for name in running}
+    failures: list[tuple[Implementation, Exception]] = []
+    gc.collect()  # once, so that every implementation starts from the same heap
+    while running:
+        for name, (impl, slices) in list(running.items()):
+            try:
+                totals[name] += next(slices)
+            except StopIteration:
+                del running[name]
+            except Exception as exc:
+                del running[name], totals[name]
+                failures.append((impl, exc))
+    expected = workload.expected(sizes)
+    for impl in impls:
+        measured = totals.get(impl.name)
+        if measured is not None and measured.work != expected:
+            del totals[impl.name]
+            failures.append((impl, BenchmarkError(f"did {measured.work} of {expected}")))
+    return totals, failures
+
+
 def collect(
     options: RunOptions,
     sizes: Sizes | None = None,
@@ -974,8 +1046,10 @@ def collect(
 ) -> list[Row]:
     """Run the in-process suite and return one Row per (workload, implementation).
 
-    Rounds are interleaved: each round runs every workload once on every implementation, in
-    the same order, so that noise from a busy machine lands on all of them alike.
+    Each round runs every workload once on every implementation; within a workload the
+    implementations' slices alternate (see `_interleaved`), so that noise from a busy machine
+    lands on all of them alike.  Twisted or bare failing is a harness bug and raises; ours
+    failing is reported and ours is left out of the rest of the run.
     """
     if sizes is None:
         sizes = QUICK if options.quick else FULL
@@ -1003,24 +1077,21 @@ def collect(
     for round_number in range(sizes.rounds):
         started = time.perf_counter()
         for workload in workloads:
-            for impl in list(impls):
-                try:
-                    measured = workload.run(impl, tls, sizes)
-                    expected = workload.expected(sizes)
-                    if measured.work != expected:
-                        raise BenchmarkError(f"did {measured.work} of {expected}")
-                except Exception as exc:
-                    if impl.name != OURS:
-                        raise
-                    log(
-                        f"[{SUITE}] ours dropped: {workload.name} failed in round "
-                        f"{round_number + 1} ({type(exc).__name__}: {exc})"
-                    )
-                    impls.remove(impl)
-                    continue
-                key = (workload.name, impl.name)
-                walls.setdefault(key, []).append(_rate(workload, measured.work, measured.wall))
-                cpus.setdefault(key, []).append(_rate(workload, measured.work, measured.cpu))
+            measured, failures = _interleaved(workload, list(impls), tls, sizes)
+            for impl, exc in failures:
+                if impl.name != OURS:
+                    raise exc
+                log(
+                    f"[{SUITE}] ours dropped: {workload.name} failed in round "
+                    f"{round_number + 1} ({type(exc).__name__}: {exc})"
+                )
+                impls.remove(impl)
+            for name, measurement in measured.items():
+                key = (workload.name, name)
+                walls.setdefault(key, []).append(
+                    _rate(workload, measurement.work, measurement.wall)
+                )
+                cpus.setdefault(key, []).append(_rate(workload, measurement.work, measurement.cpu))
         print(
             f"[{SUITE}] round {round_number + 1}/{sizes.rounds} "
             f"done in {time.perf_counter() - started:.1f} s",
@@ -1054,8 +1125,6 @@ def profile(impl_name: str, workload_name: str, quick: bool, top: int, sort: str
     import cProfile
     import pstats
 
-    global COLLECT_BEFORE_TIMING
-    COLLECT_BEFORE_TIMING = False
     impls, notes = implementations()
     chosen = [i for i in impls if i.name == impl_name]
     if not chosen:
@@ -1065,9 +1134,10 @@ def profile(impl_name: str, workload_name: str, quick: bool, top: int, sort: str
     sizes = QUICK if quick else FULL
     tls = TLSSetup()
     workload.run(impl, tls, TINY)
+    gc.collect()
     profiler = cProfile.Profile()
     profiler.enable()
-    measured = workload.run(impl, tls, sizes)
+    measured = total(workload.slices(impl, tls, sizes))
     profiler.disable()
     print(
         f"{impl.label} on {workload.describe(sizes)}: "

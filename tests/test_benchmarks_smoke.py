@@ -46,9 +46,15 @@ def test_workload_does_the_work_asked(
     assert measured.wall > 0 and measured.cpu >= 0
 
 
-def test_bulk_counts_bytes(tls: inprocess.TLSSetup) -> None:
+def test_bulk_slices_add_up(tls: inprocess.TLSSetup) -> None:
     impl = _implementation(TWISTED)
-    assert impl.bulk(tls, 5 * 16 * 1024, 16 * 1024).work == 5 * 16 * 1024
+    slices = list(impl.bulk(tls, 5 * 16 * 1024, 16 * 1024, 2))
+    assert [m.work for m in slices] == [3 * 16 * 1024, 2 * 16 * 1024]
+
+
+def test_split() -> None:
+    assert inprocess.split(10, 4) == [3, 3, 2, 2]
+    assert inprocess.split(2, 8) == [1, 1]
 
 
 @pytest.mark.parametrize("name", [TWISTED, BARE])
