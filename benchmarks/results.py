@@ -67,8 +67,22 @@ class Row:
         return (max(self.wall) - min(self.wall)) / median if median else 0.0
 
 
+def _paired(values: Sequence[float], baseline: Sequence[float]) -> float | None:
+    """Median over rounds of value / baseline in the same round, or, when the two were not
+    measured in the same rounds, the ratio of their medians."""
+    if not values or not baseline or not all(baseline):
+        return None
+    if len(values) == len(baseline):
+        return statistics.median(v / b for v, b in zip(values, baseline, strict=True))
+    return statistics.median(values) / statistics.median(baseline)
+
+
 def ratio(rows: Sequence[Row], row: Row, baseline: str) -> tuple[float | None, float | None]:
-    """`row`'s median rates divided by the same workload's `baseline` implementation's."""
+    """`row`'s rates relative to the same workload's `baseline` implementation, (wall, cpu).
+
+    Suites interleave the implementations within each round, so a round's rates are a
+    matched pair: the ratio is taken round by round and its median reported, which cancels
+    the machine's round-to-round speed changes much better than a ratio of medians."""
     base = next(
         (
             r
@@ -79,10 +93,7 @@ def ratio(rows: Sequence[Row], row: Row, baseline: str) -> tuple[float | None, f
     )
     if base is None:
         return None, None
-    wall = row.wall_median / base.wall_median if base.wall_median else None
-    row_cpu, base_cpu = row.cpu_median, base.cpu_median
-    cpu = row_cpu / base_cpu if row_cpu is not None and base_cpu else None
-    return wall, cpu
+    return _paired(row.wall, base.wall), _paired(row.cpu, base.cpu)
 
 
 def _num(value: float | None, width: int, digits: int) -> str:

@@ -85,9 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rounds = sorted({len(r.wall) for r in rows})
     print()
     print(
-        f"medians of {'/'.join(map(str, rounds))} interleaved rounds; wall = per wall-clock "
-        "second, cpu = per CPU second of this process; MB = 10^6 bytes; spread = (max-min)/median "
-        "of wall; /<impl> = this row's median / that implementation's median"
+        f"medians of {'/'.join(map(str, rounds))} interleaved rounds. wall: rate per wall-clock "
+        "second; cpu: rate per CPU second of this process; MB = 10^6 bytes.\n"
+        "spread: (max-min)/median of the wall rates.  /<impl>: median over rounds of this row's "
+        "rate / <impl>'s rate in the same round."
     )
     print(format_table(rows))
     print(f"\ntotal {elapsed:.1f} s")

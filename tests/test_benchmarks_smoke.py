@@ -91,3 +91,12 @@ def test_chart(tmp_path: Path) -> None:
     ]
     write_chart(rows, tmp_path / "chart.png")
     assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_ratios_are_paired_by_round() -> None:
+    from benchmarks.results import Row, ratio
+
+    base = Row("s", "w", "w", TWISTED, "ops/s", 1, (2.0, 4.0, 8.0), (2.0, 4.0, 8.0))
+    ours = Row("s", "w", "w", OURS, "ops/s", 1, (3.0, 4.0, 16.0), ())
+    assert ratio([base, ours], ours, TWISTED) == (1.5, None)
+    assert ratio([base, ours], ours, BARE) == (None, None)
