@@ -182,7 +182,7 @@ def write_chart(rows: Sequence[Row], path: Path) -> None:
                 values.append(value if value is not None else float("nan"))
             series.append((f"{impl}/{baseline} ({kind})", values))
 
-    height = max(3.0, 0.55 * len(workloads) * len(series) / 2 + 1.5)
+    height = max(3.5, 0.55 * len(workloads) * len(series) / 2 + 2.0)
     fig, ax = plt.subplots(figsize=(10, height))
     bar = 0.8 / len(series)
     for i, (label, values) in enumerate(series):
@@ -193,9 +193,9 @@ def write_chart(rows: Sequence[Row], path: Path) -> None:
     ax.set_yticks(range(len(workloads)))
     ax.set_yticklabels([f"{suite}: {desc}" for suite, _, desc in workloads], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("ratio of median rates (higher is better for the numerator)")
-    ax.set_title("TLS transport benchmark: ratios of median rates")
-    ax.legend(fontsize=8, loc="best")
+    ax.set_xlabel("median over rounds of the per-round rate ratio (above 1: numerator faster)")
+    ax.set_title("TLS transport benchmark: rate ratios")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(series))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
