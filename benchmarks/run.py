@@ -15,6 +15,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 if not __package__:
@@ -24,10 +25,17 @@ if not __package__:
 from benchmarks import inprocess
 from benchmarks.results import Row, RunOptions, format_table, write_chart, write_json
 
-#: Suite name -> function measuring it.  Each suite runs its own rounds, interleaving the
-#: implementations it compares, and returns one Row per (workload, implementation).
-SUITES: dict[str, Callable[[RunOptions], list[Row]]] = {
-    inprocess.SUITE: inprocess.collect,
+
+@dataclass(frozen=True)
+class Suite:
+    #: Runs the suite's own interleaved rounds; one Row per (workload, implementation).
+    collect: Callable[[RunOptions], list[Row]]
+    #: The names --only accepts for this suite.
+    workloads: tuple[str, ...]
+
+
+SUITES: dict[str, Suite] = {
+    inprocess.SUITE: Suite(inprocess.collect, tuple(w.name for w in inprocess.WORKLOADS)),
 }
 
 
@@ -63,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         metavar="WORKLOAD",
         help="run only this workload (repeatable): "
-        + ", ".join(w.name for w in inprocess.WORKLOADS),
+        + ", ".join(name for suite in SUITES.values() for name in suite.workloads),
     )
     parser.add_argument(
         "--suite", action="append", choices=sorted(SUITES), help="run only this suite (repeatable)"
@@ -74,13 +82,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
 
-    options = RunOptions(quick=args.quick, rounds=args.rounds, only=tuple(args.only))
+    known = {name for suite in SUITES.values() for name in suite.workloads}
+    unknown = sorted(set(args.only) - known)
+    if unknown:
+        parser.error(
+            f"unknown workload {', '.join(unknown)}; choose from {', '.join(sorted(known))}"
+        )
+    options = RunOptions(quick=args.quick, rounds=args.rounds)
     meta = environment()
     print("  ".join(f"{k}: {v}" for k, v in meta.items()))
     started = time.perf_counter()
     rows: list[Row] = []
     for name in args.suite or list(SUITES):
-        rows.extend(SUITES[name](options))
+        suite = SUITES[name]
+        only = tuple(w for w in args.only if w in suite.workloads)
+        if args.only and not only:
+            continue
+        rows.extend(suite.collect(replace(options, only=only)))
     elapsed = time.perf_counter() - started
     rounds = sorted({len(r.wall) for r in rows})
     print()
