@@ -98,6 +98,8 @@ class Event(enum.Enum):
     #: The peer sent close_notify: it will send no more application data.
     PEER_CLOSED = "peer-closed"
 
+    __hash__ = object.__hash__  # see TLSState.__hash__
+
 
 class TLSEngine:
     """

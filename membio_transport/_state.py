@@ -44,6 +44,11 @@ class TLSState(enum.Enum):
     #: already been handed out for the wire.
     FAILED = "failed"
 
+    # Members are singletons, so identity hashing is correct, and it runs in
+    # C: Enum's own __hash__ is Python code, paid on every `state in SET`
+    # check on the per-record path.
+    __hash__ = object.__hash__
+
 
 _S = TLSState
 
