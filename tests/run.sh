@@ -24,4 +24,6 @@ fi
 
 .venv/bin/python -m ruff check .
 .venv/bin/python -m mypy
+# The parity suite is plain trial TestCases: prove trial runs it too.
+.venv/bin/python -m twisted.trial --temp-directory="${TMPDIR:-/tmp}/membio-trial" tests.test_parity
 exec .venv/bin/python -m pytest "$@"
