@@ -112,9 +112,13 @@ class TLSEngine:
     __slots__ = (
         "_conn",
         "_error",
+        "_frame_left",
+        "_framing",
+        "_header_part",
         "_outgoing",
         "_pending",
         "_pending_size",
+        "_records",
         "_saw_eof",
         "_state",
         "send_buffer_limit",
@@ -136,6 +140,11 @@ class TLSEngine:
         self._pending_size = 0
         self._saw_eof = False
         self._error: TLSConnectionError | None = None
+        # Record framing of the incoming stream (see `_count_records`).
+        self._framing = True
+        self._records = 0
+        self._frame_left = 0
+        self._header_part = b""
         self.send_buffer_limit = send_buffer_limit
         if server_side:
             connection.set_options(SSL.OP_NO_RENEGOTIATION)
@@ -173,6 +182,8 @@ class TLSEngine:
         """
         if data and self._state in _READABLE:
             self._conn.bio_write(data)
+            if self._framing:
+                self._count_records(data)
 
     def receive_eof(self) -> None:
         """The transport has no more input: the peer closed its side."""
@@ -241,21 +252,27 @@ class TLSEngine:
         """
         state = self._state
         if state is TLSState.OPEN or state is TLSState.LOCAL_CLOSED:
-            try:
-                return self._conn.recv(_RECV_SIZE)
-            except SSL.WantReadError:
-                # A read that made progress may have finished a
-                # renegotiation that a queued write was waiting for.
-                if self._pending:
-                    self._flush_pending()
-                return Event.NEED_DATA
-            except SSL.ZeroReturnError:
-                self._set_state(
-                    TLSState.CLOSED if state is TLSState.LOCAL_CLOSED else TLSState.PEER_CLOSED
-                )
-                return Event.PEER_CLOSED
-            except SSL.Error as e:
-                raise self._fail(e) from None
+            if self._records or not self._framing or self._saw_eof:
+                try:
+                    data: bytes = self._conn.recv(_RECV_SIZE)
+                except SSL.WantReadError:
+                    self._records = 0
+                except SSL.ZeroReturnError:
+                    self._set_state(
+                        TLSState.CLOSED if state is TLSState.LOCAL_CLOSED else TLSState.PEER_CLOSED
+                    )
+                    return Event.PEER_CLOSED
+                except SSL.Error as e:
+                    raise self._fail(e) from None
+                else:
+                    if self._records:
+                        self._records -= 1
+                    return data
+            # A read that made progress may have finished a renegotiation
+            # that a queued write was waiting for.
+            if self._pending:
+                self._flush_pending()
+            return Event.NEED_DATA
         if state is TLSState.HANDSHAKING:
             try:
                 self._conn.do_handshake()
@@ -293,6 +310,44 @@ class TLSEngine:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # -- internals ---------------------------------------------------------
+
+    def _count_records(self, data: bytes) -> None:
+        """
+        Keep an upper bound on the complete records waiting in the incoming
+        BIO, so that `next_event` can skip the ``recv`` that would only
+        raise WantReadError.
+
+        Every ``recv`` that returns data consumes at least one record (one
+        record holds at most the 16 KiB a ``recv`` asks for), and a
+        WantReadError proves none is left, so the bound never drops below
+        the truth.  Anything that does not look like a TLS record header
+        turns the shortcut off for good; OpenSSL will judge those bytes.
+        """
+        if self._header_part:
+            data = self._header_part + data
+            self._header_part = b""
+        size = len(data)
+        pos = self._frame_left
+        records = self._records
+        if pos:
+            if pos > size:
+                self._frame_left = pos - size
+                return
+            records += 1
+        while pos + 5 <= size:
+            if not 20 <= data[pos] <= 24 or data[pos + 1] != 3:
+                self._framing = False
+                return
+            pos += 5 + ((data[pos + 3] << 8) | data[pos + 4])
+            if pos <= size:
+                records += 1
+        if pos > size:
+            self._frame_left = pos - size
+        else:
+            self._frame_left = 0
+            if pos < size:
+                self._header_part = data[pos:]
+        self._records = records
 
     def _set_state(self, new: TLSState) -> None:
         self._state = check_transition(self._state, new)

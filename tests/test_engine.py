@@ -429,3 +429,29 @@ def test_server_initiated_renegotiation_mid_transfer_loses_and_duplicates_nothin
     _shuttle(client, server, got)
     assert server.total_renegotiations() >= 1
     assert bytes(got) == bytes(sent)
+
+
+# -- record framing shortcut ---------------------------------------------------------
+
+
+def test_records_split_anywhere_including_inside_headers_are_all_delivered(pki: PKI) -> None:
+    client, server = open_pair(pki)
+    messages = [os.urandom(n) for n in (1, 5, 300, 16384, 20000, 7)]
+    for message in messages:
+        client.engine.send(message)
+    stream = client.engine.data_to_send()
+    # Cut every record boundary and every header at awkward offsets.
+    cuts = sorted({1, 2, 3, 4, 6, 7, 29, 30, 31, 32, 33, 34, 35, len(stream) - 2})
+    start = 0
+    for cut in [*cuts, len(stream)]:
+        server.engine.receive(stream[start:cut])
+        server.drain_events()
+        start = cut
+    assert bytes(server.received) == b"".join(messages)
+
+
+def test_a_stream_that_does_not_look_like_tls_records_still_reaches_openssl(pki: PKI) -> None:
+    _client, server = open_pair(pki)
+    server.engine.receive(b"\x80\x01garbage that is not a record header")
+    with pytest.raises(TLSProtocolError):
+        server.drain_events()
