@@ -34,6 +34,16 @@ retried, unchanged, after the next read makes progress.  OpenSSL requires
 exactly that (a retried write must carry the same bytes), and it is what
 keeps data from being lost or duplicated across renegotiation.
 
+*Knowing when to stop reading.*  Reading until ``recv`` raises WantRead
+costs an exception and a buffer allocation per batch of input; for small
+messages that is a large share of the work.  The engine therefore follows
+the record framing of the incoming stream (5-byte headers carry each
+record's length) and keeps an upper bound on the complete records not yet
+consumed; once it reaches zero, `next_event` reports NEED_DATA without
+asking OpenSSL.  The bound can only err high (OpenSSL consumes handshake
+and ticket records silently), which costs one redundant ``recv``, never a
+missed record.
+
 *Pending plaintext.*  Application data written during the handshake, or
 while a write is blocked as above, waits in a queue.  Its size is reported
 by `send` against ``send_buffer_limit`` so the caller can apply
