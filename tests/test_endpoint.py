@@ -1,0 +1,369 @@
+"""
+``membio:`` endpoint descriptions, in-process over loopback: server and client
+parsers, verification, wrapping other endpoints (UNIX, PROXY protocol), the
+user's own certificate files, and one-line errors.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol, threads
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    clientFromString,
+    quoteStringArgument,
+    serverFromString,
+)
+from twisted.python.failure import Failure
+
+from membio_transport import MemoryBIOTLSProtocol
+from membio_transport._certs import ensure_certificate
+from membio_transport._endpoint import TLSServerEndpoint, parse_server
+
+from ._plugin_helpers import REPO
+
+TIMEOUT = 10
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "home" / "state"))
+    monkeypatch.delenv("MEMBIO_KEY_PASSWORD", raising=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_in_visible() -> Iterator[None]:
+    """
+    Twisted finds drop-ins through ``twisted.plugins.__path__``, built from
+    sys.path when first imported; an editable install run from elsewhere may
+    lack this checkout's ``twisted/plugins``.
+    """
+    from twisted.internet.interfaces import IStreamServerEndpointStringParser
+    from twisted.plugin import getPlugins
+
+    import twisted.plugins
+
+    added = None
+    if not any(
+        plugin.prefix == "membio" for plugin in getPlugins(IStreamServerEndpointStringParser)
+    ):
+        added = str(REPO / "twisted" / "plugins")
+        twisted.plugins.__path__.append(added)
+    yield
+    if added is not None:
+        twisted.plugins.__path__.remove(added)
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _q(text: str | Path) -> str:
+    return quoteStringArgument(str(text))
+
+
+class Echo(protocol.Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class PeerReporter(protocol.Protocol):
+    """Answers any data with the peer address the server sees."""
+
+    def dataReceived(self, data: bytes) -> None:
+        peer = self.transport.getPeer()
+        self.transport.write(f"{peer.host} {peer.port}\n".encode())
+
+
+class Collect(protocol.Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+        self.wanted = 0
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+        self.reason: Failure | None = None
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if len(self.received) >= self.wanted and not self.done.called:
+            self.done.callback(self.received)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.reason = reason
+        self.lost.callback(None)
+        if not self.done.called:
+            self.done.errback(reason)
+
+
+def _factory(kind: type[protocol.Protocol]) -> protocol.Factory:
+    return protocol.Factory.forProtocol(kind)
+
+
+def _listen_description(cert_dir: Path, *extra: str) -> str:
+    return ":".join(["membio:0:interface=127.0.0.1", f"certDir={_q(cert_dir)}", *extra])
+
+
+@pytest.mark.integration
+@pytest_twisted.inlineCallbacks
+def test_server_and_client_descriptions_talk_tls(tmp_path: Path) -> Any:
+    reactor = _reactor()
+    cert_dir = tmp_path / "certs"
+    server = serverFromString(reactor, _listen_description(cert_dir, "alpn=x-test,http/1.1"))
+    assert isinstance(server, TLSServerEndpoint)
+    port = yield server.listen(_factory(Echo))
+    try:
+        number = port.getHost().port
+        client = clientFromString(
+            reactor,
+            f"membio:host=localhost:port={number}:caFile={_q(cert_dir / 'local-ca.pem')}"
+            ":alpn=x-test",
+        )
+        connecting = client.connect(_factory(Collect))
+        connecting.addTimeout(TIMEOUT, reactor)
+        proto = yield connecting
+        assert isinstance(proto, Collect), "connect() fires with the application protocol"
+        assert isinstance(proto.transport, MemoryBIOTLSProtocol)
+        proto.wanted = 5
+        proto.transport.write(b"hello")
+        assert (yield proto.done.addTimeout(TIMEOUT, reactor)) == b"hello"
+        assert proto.transport.negotiatedProtocol == b"x-test"
+        assert proto.transport.getHandle().get_protocol_version_name() == "TLSv1.3"
+        proto.transport.loseConnection()
+        yield proto.lost.addTimeout(TIMEOUT, reactor)
+    finally:
+        yield port.stopListening()
+
+
+@pytest.mark.integration
+@pytest_twisted.inlineCallbacks
+def test_client_refuses_wrong_names_and_unknown_authorities(tmp_path: Path) -> Any:
+    from OpenSSL import SSL
+    from service_identity import VerificationError
+
+    reactor = _reactor()
+    cert_dir = tmp_path / "certs"
+    port = yield serverFromString(reactor, _listen_description(cert_dir)).listen(_factory(Echo))
+    try:
+        number = port.getHost().port
+        inner = _q(f"tcp:127.0.0.1:{number}")
+        ca = _q(cert_dir / "local-ca.pem")
+        for description, expected in [
+            (f"membio:host=wrong.example:endpoint={inner}:caFile={ca}", VerificationError),
+            # No caFile: the system store, which does not know our local CA.
+            (f"membio:host=localhost:port={number}", SSL.Error),
+        ]:
+            connecting = clientFromString(reactor, description).connect(_factory(Collect))
+            proto = yield connecting.addTimeout(TIMEOUT, reactor)
+            proto.done.addErrback(lambda _: None)
+            yield proto.lost.addTimeout(TIMEOUT, reactor)
+            assert proto.reason is not None and proto.reason.check(expected), (
+                description, proto.reason,
+            )
+            assert proto.received == b""
+    finally:
+        yield port.stopListening()
+
+
+@pytest.mark.integration
+@pytest_twisted.inlineCallbacks
+def test_endpoint_option_wraps_a_unix_socket(tmp_path: Path) -> Any:
+    reactor = _reactor()
+    cert_dir, path = tmp_path / "certs", tmp_path / "tls.sock"
+    server = serverFromString(
+        reactor, f"membio:endpoint={_q(f'unix:{_q(path)}')}:certDir={_q(cert_dir)}"
+    )
+    port = yield server.listen(_factory(Echo))
+    try:
+        client = clientFromString(
+            reactor,
+            f"membio:host=localhost:endpoint={_q(f'unix:path={_q(path)}')}"
+            f":caFile={_q(cert_dir / 'local-ca.pem')}",
+        )
+        proto = yield client.connect(_factory(Collect)).addTimeout(TIMEOUT, reactor)
+        proto.wanted = 4
+        proto.transport.write(b"unix")
+        assert (yield proto.done.addTimeout(TIMEOUT, reactor)) == b"unix"
+        proto.transport.loseConnection()
+        yield proto.lost.addTimeout(TIMEOUT, reactor)
+    finally:
+        yield port.stopListening()
+
+
+def _proxied_tls_client(port: int, ca: Path) -> str:
+    """Send a PROXY v1 header in clear, then talk TLS: as HAProxy does."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
+        raw.sendall(f"PROXY TCP4 203.0.113.7 127.0.0.1 40000 {port}\r\n".encode())
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"who?")
+            answer = b""
+            while not answer.endswith(b"\n"):
+                chunk = tls.recv(100)
+                if not chunk:
+                    break
+                answer += chunk
+    return answer.decode()
+
+
+@pytest.mark.integration
+@pytest_twisted.inlineCallbacks
+def test_tls_inside_the_proxy_protocol(tmp_path: Path) -> Any:
+    reactor = _reactor()
+    cert_dir = tmp_path / "certs"
+    server = serverFromString(
+        reactor, f"membio:endpoint=haproxy\\:tcp\\:0\\:interface=127.0.0.1:certDir={_q(cert_dir)}"
+    )
+    port = yield server.listen(_factory(PeerReporter))
+    try:
+        answer = yield threads.deferToThread(
+            _proxied_tls_client, port.getHost().port, cert_dir / "local-ca.pem"
+        ).addTimeout(TIMEOUT, reactor)
+        assert answer == "203.0.113.7 40000\n"
+    finally:
+        yield port.stopListening()
+
+
+@pytest.mark.integration
+@pytest_twisted.inlineCallbacks
+def test_own_encrypted_key_with_a_password_file(tmp_path: Path) -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    reactor = _reactor()
+    generated = ensure_certificate(tmp_path / "gen", ("files.example",))
+    key = serialization.load_pem_private_key(generated.key_path.read_bytes(), None)
+    encrypted = tmp_path / "key.pem"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pass phrase"),
+        )
+    )
+    encrypted.chmod(0o600)
+    password = tmp_path / "password.txt"
+    password.write_text("pass phrase\n")
+    server = serverFromString(
+        reactor,
+        f"membio:0:interface=127.0.0.1:certKey={_q(generated.cert_path)}"
+        f":privateKey={_q(encrypted)}:keyPasswordFile={_q(password)}",
+    )
+    port = yield server.listen(_factory(Echo))
+    try:
+        client = clientFromString(
+            reactor,
+            f"membio:host=files.example:endpoint={_q(f'tcp:127.0.0.1:{port.getHost().port}')}"
+            f":caFile={_q(generated.trust_path)}",
+        )
+        proto = yield client.connect(_factory(Collect)).addTimeout(TIMEOUT, reactor)
+        proto.wanted = 3
+        proto.transport.write(b"key")
+        assert (yield proto.done.addTimeout(TIMEOUT, reactor)) == b"key"
+        proto.transport.loseConnection()
+        yield proto.lost.addTimeout(TIMEOUT, reactor)
+    finally:
+        yield port.stopListening()
+
+
+def test_parsed_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reactor = _reactor()
+    cert_dir = _q(tmp_path / "certs")
+    endpoint = parse_server(reactor, "0", interface="::1", certDir=str(tmp_path / "certs"))
+    assert isinstance(endpoint.wrapped, TCP6ServerEndpoint)
+    named = serverFromString(
+        reactor, f"membio:port=0:certDir={cert_dir}:hostname=a.example,b.example:backlog=5"
+    )
+    assert isinstance(named, TLSServerEndpoint) and isinstance(named.wrapped, TCP4ServerEndpoint)
+    assert named.certificate is not None
+    assert {"a.example", "b.example"} <= set(named.certificate.names)
+    specific = serverFromString(reactor, f"membio:0:interface=192.0.2.5:certDir={cert_dir}")
+    assert specific.certificate is not None and "192.0.2.5" in specific.certificate.names
+    # Zero configuration: the default state directory, under XDG_STATE_HOME.
+    default = serverFromString(reactor, "membio:0")
+    assert default.certificate is not None
+    assert default.certificate.cert_path.parent == tmp_path / "home" / "state" / "membio-transport"
+    # One file with the chain and the key, as Twisted's ssl: accepts.
+    combined = tmp_path / "combined.pem"
+    generated = ensure_certificate(tmp_path / "gen", ())
+    combined.write_bytes(generated.cert_path.read_bytes() + generated.key_path.read_bytes())
+    combined.chmod(0o600)
+    own = serverFromString(reactor, f"membio:0:certKey={_q(combined)}:profile=modern")
+    assert own.certificate is not None and own.certificate.cert_path == combined
+    monkeypatch.setenv("MEMBIO_KEY_PASSWORD", "unused for a plain key")
+    serverFromString(reactor, f"membio:0:privateKey={_q(combined)}")
+
+
+@pytest.mark.parametrize(
+    ("description", "expected"),
+    [
+        ("membio:", "a port is required"),
+        ("membio:1:2", "at most one positional argument"),
+        ("membio:80:port=81", "give the port once"),
+        ("membio:http", "port='http' is not a number"),
+        ("membio:99999", "port=99999 is out of range"),
+        ("membio:0:colour=blue", "unknown server endpoint option(s) colour"),
+        ("membio:endpoint=tcp\\:0:port=1", "put port inside it"),
+        ("membio:0:profile=ancient", "unknown TLS profile 'ancient'"),
+        ("membio:0:certKey=/nonexistent.pem", "cannot read certificate file /nonexistent.pem"),
+        ("membio:0:hostname=bad_name!", "invalid host name 'bad_name!'"),
+    ],
+)
+def test_server_description_errors_are_one_line(
+    description: str, expected: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError) as raised:
+        serverFromString(_reactor(), f"{description}:certDir={_q(tmp_path / 'c')}")
+    message = str(raised.value)
+    assert message.startswith("membio: ") and "\n" not in message
+    assert expected in message, message
+
+
+def test_encrypted_key_without_password_says_how(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    generated = ensure_certificate(tmp_path / "gen", ())
+    key = serialization.load_pem_private_key(generated.key_path.read_bytes(), None)
+    encrypted = tmp_path / "key.pem"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"x"),
+        )
+    )
+    os.chmod(encrypted, 0o600)
+    with pytest.raises(ValueError, match="encrypted: give its password with keyPasswordFile="):
+        serverFromString(
+            _reactor(), f"membio:0:certKey={_q(generated.cert_path)}:privateKey={_q(encrypted)}"
+        )
+
+
+@pytest.mark.parametrize(
+    ("description", "expected"),
+    [
+        ("membio:port=443", "host= is required"),
+        ("membio:host=example.com", "port= is required"),
+        ("membio:example.com:443:port=443", "port given twice"),
+        ("membio:host=example.com:port=443:caFile=/nonexistent.pem", "cannot read CA file"),
+        ("membio:host=example.com:port=443:trust=x", "unknown client endpoint option(s) trust"),
+        ("membio:host=example.com:endpoint=tcp\\:a\\:1:port=1", "put port inside it"),
+    ],
+)
+def test_client_description_errors_are_one_line(description: str, expected: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        clientFromString(_reactor(), description)
+    message = str(raised.value)
+    assert message.startswith("membio: ") and "\n" not in message
+    assert expected in message, message
