@@ -263,11 +263,14 @@ class Options(usage.Options):
         self["resource"] = self._resource()
         plain_listeners = self._plain_listeners()
         self["redirect_listener"] = self._redirect_listener()
-        password = read_key_password(self["key-password-file"])
+        own = self["cert"] is not None or self["key"] is not None
+        if self["key-password-file"] is not None and not own:
+            raise usage.UsageError("--key-password-file applies to --key, which was not given")
+        password = read_key_password(self["key-password-file"]) if own else None
         self["certificate"] = self._certificate(password)
         context = build_server_context(
             self["certificate"],
-            password=password if self["cert"] or self["key"] else None,
+            password=password,
             profile=self["profile"],
             alpn=_alpn_protocols(),
         )

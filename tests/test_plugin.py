@@ -200,6 +200,7 @@ def test_own_certificate_with_password_file_or_environment(
     [
         (["--cert", "/nonexistent/cert.pem"], "cannot read certificate file /nonexistent"),
         (["--key", "k.pem"], "--key needs --cert"),
+        (["--key-password-file", "p"], "--key-password-file applies to --key"),
         (["--port", "https"], "--port 'https' is not a port number"),
         (["--port", "70000"], "--port 70000 is out of range"),
         (["--interface", "example.com"], "--interface 'example.com' is not an IP address"),
