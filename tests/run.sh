@@ -20,7 +20,8 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+# strict editable mode: a link tree Twisted's plugin scan finds (twisted/plugins).
+.venv/bin/python -m pip install -q -e '.[test]' --config-settings editable_mode=strict
 
 .venv/bin/python -m ruff check .
 .venv/bin/python -m mypy
