@@ -85,11 +85,9 @@ with Twisted's ``wrapClientTLS``.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -106,7 +104,14 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ._certs import CertificateError, ServerCertificate, ensure_certificate, load_certificate
+from ._certs import (
+    CertificateError,
+    ServerCertificate,
+    ServerKey,
+    ensure_certificate,
+    load_certificate,
+    read_private_key,
+)
 from ._options import PROFILES, Profile, ServerTLSOptions, server_context
 from ._wrap import wrapClientTLS, wrapServerTLS
 
@@ -211,51 +216,19 @@ def build_server_context(
             f"unknown TLS profile {profile!r}: use {' or '.join(map(repr, PROFILES))}"
         )
     chosen: Profile = "modern" if profile == "modern" else "intermediate"
+    # An encrypted key is decrypted in memory; OpenSSL reads a plain one itself.
+    key: Path | ServerKey = (
+        read_private_key(certificate.key_path, password)
+        if password is not None or b"ENCRYPTED" in certificate.key_path.read_bytes()
+        else certificate.key_path
+    )
     try:
-        with _plain_key_file(certificate.key_path, password) as key_path:
-            return server_context(certificate.cert_path, key_path, profile=chosen, alpn=alpn)
+        return server_context(certificate.cert_path, key, profile=chosen, alpn=alpn)
     except SSL.Error as error:
         raise CertificateError(
             f"OpenSSL cannot use {certificate.cert_path} with {certificate.key_path}: "
             f"{_ssl_reason(error)}"
         ) from None
-
-
-@contextlib.contextmanager
-def _plain_key_file(key_path: Path, password: bytes | None) -> Iterator[Path]:
-    """
-    A path OpenSSL can read the private key from without asking for a
-    password on the terminal: C{key_path} itself when the key is not
-    encrypted, else an anonymous in-memory copy of the decrypted key.
-    """
-    data = key_path.read_bytes()
-    if b"ENCRYPTED" not in data:
-        yield key_path
-        return
-    from cryptography.hazmat.primitives import serialization
-
-    key = serialization.load_pem_private_key(data, password)
-    plain = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    memfd_create: Callable[..., int] | None = getattr(os, "memfd_create", None)
-    if memfd_create is not None and os.path.isdir("/proc/self/fd"):
-        # Never touches a file system: the decrypted key lives only in memory.
-        fd = memfd_create("membio-key", getattr(os, "MFD_CLOEXEC", 0))
-        try:
-            os.write(fd, plain)
-            yield Path(f"/proc/self/fd/{fd}")
-        finally:
-            os.close(fd)
-        return
-    with tempfile.TemporaryDirectory(prefix="membio-key-") as directory:
-        path = Path(directory) / "key.pem"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with open(fd, "wb") as stream:
-            stream.write(plain)
-        yield path
 
 
 def _ssl_reason(error: SSL.Error) -> str:

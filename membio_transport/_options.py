@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
@@ -29,6 +30,14 @@ from zope.interface import implementer
 __all__ = ["PROFILES", "Profile", "ServerTLSOptions", "server_context"]
 
 Profile = Literal["intermediate", "modern"]
+#: The key types OpenSSL can sign a handshake with (what pyOpenSSL accepts).
+PrivateKey = (
+    ec.EllipticCurvePrivateKey
+    | rsa.RSAPrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+    | dsa.DSAPrivateKey
+)
 PROFILES: Final[tuple[Profile, ...]] = ("intermediate", "modern")
 
 #: TLS 1.2 suites of Mozilla's intermediate profile, minus finite-field
@@ -66,7 +75,7 @@ def _set_groups(context: SSL.Context) -> None:
 
 def server_context(
     cert_file: Path | str,
-    key_file: Path | str,
+    key: Path | str | PrivateKey,
     *,
     profile: Profile = "intermediate",
     alpn: Sequence[bytes] = (),
@@ -75,7 +84,9 @@ def server_context(
     Build a server ``SSL.Context`` for one certificate chain and key.
 
     @param cert_file: PEM, leaf first, then intermediates.
-    @param key_file: PEM private key.
+    @param key: a PEM private key file, or a key already loaded with
+        ``cryptography`` (how an encrypted key gets here: decrypt it first,
+        e.g. with ``_certs.read_private_key``).
     @param alpn: protocols to offer, in server preference order.
     """
     if profile not in PROFILES:
@@ -97,7 +108,10 @@ def server_context(
     context.set_session_id(_SESSION_ID_CONTEXT)
     context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
     context.use_certificate_chain_file(os.fspath(cert_file))
-    context.use_privatekey_file(os.fspath(key_file))
+    if isinstance(key, (str, os.PathLike)):
+        context.use_privatekey_file(os.fspath(key))
+    else:
+        context.use_privatekey(key)
     context.check_privatekey()
     if alpn:
         offered = list(alpn)
