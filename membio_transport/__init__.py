@@ -18,6 +18,7 @@ from ._errors import (
 from ._factory import MemoryBIOTLSFactory
 from ._protocol import MemoryBIOTLSProtocol
 from ._state import TLSState
+from ._stats import TLSStats
 from ._wrap import startTLS, wrapClientTLS, wrapServerTLS
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "TLSProtocolError",
     "TLSState",
     "TLSStateError",
+    "TLSStats",
     "TLSTruncationError",
     "startTLS",
     "wrapClientTLS",

@@ -45,13 +45,18 @@ class TLSConnectionError(TLSError, SSL.Error):
     The TLS conversation with the peer failed.
 
     @ivar reason: a short human-readable reason ("no shared cipher").
+    @ivar during_handshake: the session never got past its handshake.
     """
 
     reason: str
+    during_handshake: bool
 
-    def __init__(self, *args: object, reason: str = "TLS error") -> None:
+    def __init__(
+        self, *args: object, reason: str = "TLS error", during_handshake: bool = False
+    ) -> None:
         super().__init__(*args)
         self.reason = reason
+        self.during_handshake = during_handshake or isinstance(self, TLSHandshakeError)
 
     def __str__(self) -> str:
         return self.reason
@@ -128,6 +133,6 @@ def classify(error: SSL.Error, *, handshaking: bool, saw_eof: bool) -> TLSConnec
         kind = TLSHandshakeError
     else:
         kind = TLSProtocolError
-    converted = kind(*error.args, reason=reason)
+    converted = kind(*error.args, reason=reason, during_handshake=handshaking)
     converted.__cause__ = error
     return converted

@@ -26,6 +26,8 @@ from zope.interface.declarations import Declaration
 
 from ._engine import DEFAULT_SEND_BUFFER_LIMIT
 from ._protocol import MemoryBIOTLSProtocol
+from ._sniff import PlainHTTPPolicy
+from ._stats import TLSStats
 
 if TYPE_CHECKING:
     ConnectionFor = Callable[[MemoryBIOTLSProtocol], SSL.Connection]
@@ -106,6 +108,15 @@ class MemoryBIOTLSFactory(WrappingFactory):
         close_notify before closing the transport anyway.
     @param send_buffer_limit: plaintext bytes held before the handshake
         completes beyond which registered producers are paused.
+    @param idle_timeout: seconds without a byte in either direction after
+        which an established connection is closed (with close_notify), or
+        None (the default) to leave idle connections alone.
+    @param plain_http: what a server does when a client speaks plain HTTP
+        to it: ``"explain"`` (an HTTP 400 naming the https:// URL),
+        ``"redirect"`` (a 301 there), ``"close"``, or None to hand every
+        byte to OpenSSL as Twisted's layer does.
+    @param stats: counters to update; share one between factories to
+        count them together.  Read them from ``factory.stats``.
     """
 
     protocol = MemoryBIOTLSProtocol
@@ -121,14 +132,22 @@ class MemoryBIOTLSFactory(WrappingFactory):
         handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
+        idle_timeout: float | None = None,
+        plain_http: PlainHTTPPolicy | None = "explain",
+        stats: TLSStats | None = None,
     ) -> None:
         super().__init__(wrappedFactory)  # type: ignore[no-untyped-call]
+        if plain_http not in (None, "explain", "redirect", "close"):
+            raise ValueError(f"plain_http must be explain, redirect, close or None: {plain_http!r}")
         self.isClient = bool(isClient)
         self.connection_for = connection_creator(self.isClient, contextFactory)
         self._clock = clock
         self.handshake_timeout = handshake_timeout
         self.close_timeout = close_timeout
         self.send_buffer_limit = send_buffer_limit
+        self.idle_timeout = idle_timeout
+        self.plain_http: PlainHTTPPolicy | None = plain_http
+        self.stats = stats if stats is not None else TLSStats()
 
     @property
     def clock(self) -> IReactorTime:

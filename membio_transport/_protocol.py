@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 from OpenSSL import SSL
+from OpenSSL._util import lib as _openssl_lib
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer,
@@ -50,6 +51,7 @@ from zope.interface import implementer, providedBy
 from ._engine import Event, TLSEngine
 from ._errors import TLSConnectionError, TLSHandshakeError, TLSTruncationError
 from ._producers import ProducerProxy
+from ._sniff import Preamble, answer_plain_http, classify
 from ._state import TLSState
 
 if TYPE_CHECKING:
@@ -72,6 +74,14 @@ _DRAIN_THRESHOLD: Final = 256 * 1024
 _HANDSHAKING = TLSState.HANDSHAKING
 _NEED_DATA = Event.NEED_DATA
 _HANDSHAKE_COMPLETE = Event.HANDSHAKE_COMPLETE
+
+
+def _session_reused(connection: SSL.Connection) -> bool:
+    # pyOpenSSL has no public call for SSL_session_reused; its binding has
+    # the function, reached through the connection's private handle.
+    reused = getattr(_openssl_lib, "SSL_session_reused", None)
+    handle = getattr(connection, "_ssl", None)
+    return bool(reused(handle)) if reused is not None and handle is not None else False
 
 
 def _as_bytes(data: object) -> bytes:
@@ -104,6 +114,10 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
     _flush_call: IDelayedCall | None = None
     _close_timer: IDelayedCall | None = None
     _handshake_timer: IDelayedCall | None = None
+    _idle_timer: IDelayedCall | None = None
+    #: Bytes seen before we know whether the peer speaks TLS at all (server
+    #: side, see `_sniff`); None once that is settled or never asked.
+    _preamble: bytes | None = None
 
     def __init__(
         self,
@@ -123,6 +137,8 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         self._busy = False
         # The application paused us (pauseProducing on this transport).
         self._paused = False
+        # Reactor time of the last byte in or out (for the idle timeout).
+        self._last_activity = 0.0
 
     # -- set-up ------------------------------------------------------------
 
@@ -137,6 +153,9 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         self.transport = transport
         self.connected = 1
         factory.registerProtocol(self)  # type: ignore[no-untyped-call]
+        factory.stats.active += 1
+        if not factory.isClient and factory.plain_http is not None:
+            self._preamble = b""
         if factory.handshake_timeout is not None:
             self._handshake_timer = factory.clock.callLater(
                 factory.handshake_timeout, self._handshake_timed_out
@@ -156,8 +175,49 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
     # -- incoming: the one delivery loop -------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        self.factory.stats.bytes_received += len(data)
+        if self._idle_timer is not None:
+            self._last_activity = self.factory.clock.seconds()
+        if self._preamble is not None:
+            data = self._sniff(self._preamble + data)
+            if not data:
+                return
         self._engine.receive(data)
         self._process()
+
+    def _sniff(self, prefix: bytes) -> bytes:
+        """
+        Decide from the first bytes whether the peer speaks TLS; return
+        what to feed the engine (nothing while undecided or not TLS).
+        """
+        kind = classify(prefix)
+        if kind is Preamble.UNDECIDED:
+            self._preamble = prefix
+            return b""
+        self._preamble = None
+        if kind is Preamble.TLS:
+            return prefix
+        policy = self.factory.plain_http
+        if kind is Preamble.HTTP and policy != "close":
+            assert policy is not None
+            host = self.transport.getHost()
+            response, url = answer_plain_http(
+                prefix, policy, str(getattr(host, "host", "localhost")),
+                int(getattr(host, "port", 443)),
+            )
+            self.transport.write(response)
+            self._handshake_failed(
+                TLSHandshakeError(reason="plain HTTP on the TLS port"),
+                f"plain HTTP on the TLS port (answered: use {url})",
+            )
+        else:
+            what = "plain HTTP on the TLS port" if kind is Preamble.HTTP else "not TLS"
+            self._handshake_failed(TLSHandshakeError(reason=what), what)
+        self._engine.abort()
+        self._drop_batch()
+        self.disconnecting = True
+        self._close_transport()
+        return b""
 
     def _process(self) -> None:
         """
@@ -187,9 +247,16 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         self._flush()
 
     def _handshake_completed(self) -> None:
+        factory = self.factory
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
+        factory.stats.handshakes += 1
+        if _session_reused(self._engine.connection):
+            factory.stats.resumed += 1
+        if factory.idle_timeout is not None:
+            self._last_activity = factory.clock.seconds()
+            self._idle_timer = factory.clock.callLater(factory.idle_timeout, self._idle_check)
         if IHandshakeListener.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.handshakeCompleted()
         if self.disconnecting and self._producer is None:
@@ -214,31 +281,58 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         self._close_transport()
 
     def _tls_failed(self, error: TLSConnectionError) -> None:
-        if self._reason is None:
+        if error.during_handshake:
+            # A peer that connects and leaves without a byte is a port scan
+            # or a health check: counted, but not worth a log line each.
+            quiet = isinstance(error, TLSTruncationError) and self._preamble == b""
+            self._handshake_failed(error, error.reason, log=not quiet)
+        elif self._reason is None:
             self._reason = Failure(error)
-        if isinstance(error, TLSHandshakeError):
-            _log.info(
-                "TLS handshake failed with {peer}: {reason}",
-                peer=self._peer_text(),
-                reason=error.reason,
-            )
         self.disconnecting = True
         self._drop_batch()
         self._flush()
         self._close_transport()
 
+    def _handshake_failed(
+        self, error: TLSConnectionError, reason: str, *, log: bool = True
+    ) -> None:
+        """Count, log (one line) and remember a failed handshake."""
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        self.factory.stats.failed[error.reason] += 1
+        if log:
+            _log.info(
+                "TLS handshake failed from {peer}: {reason}",
+                peer=self._peer_text(),
+                reason=reason,
+            )
+        if self._reason is None:
+            self._reason = Failure(error)
+
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
-        _log.info(
-            "TLS handshake timed out with {peer} after {timeout}s",
-            peer=self._peer_text(),
-            timeout=self.factory.handshake_timeout,
+        self._handshake_failed(
+            TLSHandshakeError(reason="handshake timeout"),
+            f"handshake timeout ({self.factory.handshake_timeout:g}s)",
         )
-        if self._reason is None:
-            self._reason = Failure(
-                TLSHandshakeError(reason="handshake timed out")
-            )
         self.abortConnection()
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        timeout = self.factory.idle_timeout
+        if timeout is None or not self.connected:
+            return
+        idle = self.factory.clock.seconds() - self._last_activity
+        if idle < timeout:
+            self._idle_timer = self.factory.clock.callLater(timeout - idle, self._idle_check)
+            return
+        _log.info(
+            "closing TLS connection from {peer}: idle for {idle:.0f}s",
+            peer=self._peer_text(),
+            idle=idle,
+        )
+        self.loseConnection()
 
     # -- outgoing ------------------------------------------------------------
 
@@ -311,6 +405,9 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         self._unsent = 0
         out = self._engine.data_to_send()
         if out and self.connected:
+            self.factory.stats.bytes_sent += len(out)
+            if self._idle_timer is not None:
+                self._last_activity = self.factory.clock.seconds()
             self.transport.write(out)
 
     def _drop_batch(self) -> None:
@@ -435,10 +532,11 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         if not self.connected:
             return
         self._drop_batch()
-        for timer in (self._close_timer, self._handshake_timer):
+        for timer in (self._close_timer, self._handshake_timer, self._idle_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._close_timer = self._handshake_timer = None
+        self._close_timer = self._idle_timer = self._handshake_timer = None
+        self.factory.stats.active -= 1
         # From here on the transport is gone: what the application writes
         # while we deliver the last records is dropped, not sent.
         self.connected = 0

@@ -419,7 +419,7 @@ class ParityTests:
         pump.flush()
         if self.flavour == "membio":
             assert server.lost is not None
-            assert "timed out" in str(server.lost.value)
+            assert "handshake timeout" in str(server.lost.value)
         else:
             assert server.lost is None
 

@@ -1,0 +1,133 @@
+"""
+What arrives first on a TLS port, and what to answer when it is not TLS.
+
+Sending plain HTTP to an HTTPS port is the most common mistake a person
+makes with a TLS server; OpenSSL answers it with an alert the browser shows
+as an unreadable error.  Looking at the first bytes of a connection tells
+the cases apart before OpenSSL sees them:
+
+* a TLS record (or an old SSLv2-style ClientHello): hand it to OpenSSL,
+  which answers any malformed record with the proper alert;
+* an HTTP request line: answer, in plain HTTP, that this port speaks
+  HTTPS (or redirect there), then close;
+* anything else: close at once, there is nobody to explain anything to.
+
+Pure functions only: the transport decides when to call them.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Final, Literal
+
+__all__ = ["PlainHTTPPolicy", "Preamble", "answer_plain_http", "classify"]
+
+#: What to do with a plain HTTP request on the TLS port.
+PlainHTTPPolicy = Literal["explain", "redirect", "close"]
+
+
+class Preamble(enum.Enum):
+    """What the first bytes of a connection are."""
+
+    TLS = "tls"
+    HTTP = "http"
+    GARBAGE = "garbage"
+    #: Too few bytes to tell yet (a prefix of an HTTP method, say).
+    UNDECIDED = "undecided"
+
+    __hash__ = object.__hash__
+
+
+#: HTTP/1.x methods (RFC 9110 and WebDAV's common ones) and the HTTP/2
+#: preface's "PRI", each followed by the space that ends a method token.
+_METHODS: Final = tuple(
+    m + b" "
+    for m in (
+        b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS",
+        b"TRACE", b"PATCH", b"PRI", b"PROPFIND", b"PROPPATCH", b"MKCOL",
+        b"COPY", b"MOVE", b"LOCK", b"UNLOCK",
+    )
+)
+
+#: First bytes of TLS: the record content types (change_cipher_spec 20 to
+#: heartbeat 24), and the high bit of an SSLv2-format ClientHello.
+_TLS_FIRST: Final = frozenset(range(20, 25)) | frozenset(range(0x80, 0x100))
+
+#: A Host header value safe to echo into a URL and a Location header:
+#: a DNS name, IPv4 address or bracketed IPv6 address, and an optional port.
+_HOST: Final = re.compile(rb"^(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
+
+#: A request target worth keeping in a redirect: an absolute path with
+#: printable, non-space ASCII only.
+_PATH: Final = re.compile(rb"^/[\x21-\x7e]{0,2000}$")
+
+
+def classify(prefix: bytes) -> Preamble:
+    """Tell what a connection speaks from its first bytes (at least one)."""
+    if prefix[0] in _TLS_FIRST:
+        return Preamble.TLS
+    for method in _METHODS:
+        if prefix.startswith(method):
+            return Preamble.HTTP
+        if method.startswith(prefix):
+            return Preamble.UNDECIDED
+    return Preamble.GARBAGE
+
+
+def _request_parts(request: bytes) -> tuple[bytes | None, bytes]:
+    """The Host header and the request path, as far as they can be trusted."""
+    head = request.split(b"\r\n\r\n", 1)[0]
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    path = parts[1] if len(parts) >= 2 and _PATH.match(parts[1]) else b"/"
+    host = None
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"host":
+            value = value.strip()
+            if _HOST.match(value):
+                host = value
+            break
+    return host, path
+
+
+def answer_plain_http(
+    request: bytes, policy: PlainHTTPPolicy, fallback_host: str, port: int
+) -> tuple[bytes, str]:
+    """
+    The plain-HTTP response for a request sent to the TLS port, and the
+    HTTPS URL it points to.
+
+    @param request: the bytes received so far (the request line, usually
+        the headers too).
+    @param fallback_host: our address, used when the request names none.
+    @param port: the port the request came in on, which speaks HTTPS.
+    """
+    host, path = _request_parts(request)
+    if host is None:
+        name = f"[{fallback_host}]" if ":" in fallback_host else fallback_host
+        authority = name if port == 443 else f"{name}:{port}"
+    else:
+        authority = host.decode("ascii")
+    url = f"https://{authority}{path.decode('ascii')}"
+    if policy == "redirect":
+        body = f"This port speaks HTTPS: {url}\n".encode()
+        status = b"301 Moved Permanently"
+        extra = f"Location: {url}\r\n".encode()
+    else:
+        body = (
+            "400 Bad Request: this port speaks HTTPS, not plain HTTP.\n"
+            f"Use {url} instead.\n"
+        ).encode()
+        status = b"400 Bad Request"
+        extra = b""
+    response = (
+        b"HTTP/1.1 " + status + b"\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+        + extra
+        + b"Connection: close\r\n\r\n"
+        + body
+    )
+    return response, url

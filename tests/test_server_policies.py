@@ -1,0 +1,301 @@
+"""
+What a server does with peers that are not what they should be, and what
+it tells its operator: plain HTTP on the TLS port, garbage, failed and
+stalled handshakes, idle connections, counters and log lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from OpenSSL import SSL
+from twisted.internet import protocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from zope.interface import implementer
+
+from membio_transport import MemoryBIOTLSFactory, TLSHandshakeError, TLSStats
+from membio_transport._sniff import Preamble, answer_plain_http, classify
+
+from ._pki import make_pki
+from .test_parity import App, client_options, connect, server_options
+
+PKI = make_pki("ecdsa")
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    lines: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        text = formatEvent(event)
+        if text:
+            lines.append(text)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield lines
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+
+def server_on_string_transport(**kw: Any) -> tuple[Any, App, StringTransport, Clock]:
+    clock = Clock()
+    app = App()
+    factory = MemoryBIOTLSFactory(
+        server_options(PKI), False, protocol.Factory.forProtocol(lambda: app), clock, **kw
+    )
+    tls = factory.buildProtocol(None)
+    transport = StringTransport(
+        hostAddress=IPv4Address("TCP", "127.0.0.1", 8443),
+        peerAddress=IPv4Address("TCP", "127.0.0.1", 51234),
+    )
+    tls.makeConnection(transport)
+    return tls, app, transport, clock
+
+
+# -- plain HTTP and garbage on the TLS port ------------------------------------------
+
+
+def test_plain_http_gets_a_400_naming_the_https_url_then_a_close(log_lines: list[str]) -> None:
+    tls, app, transport, _ = server_on_string_transport()
+    tls.dataReceived(b"GET /docs?page=2 HTTP/1.1\r\nHost: localhost:8443\r\nAccept: */*\r\n\r\n")
+    response = transport.value()
+    assert response.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"this port speaks HTTPS" in response
+    assert b"https://localhost:8443/docs?page=2" in response
+    assert transport.disconnecting
+    tls.connectionLost(None)
+    assert app.lost is not None and app.lost.check(TLSHandshakeError)
+    assert tls.factory.stats.failed["plain HTTP on the TLS port"] == 1
+    assert any(
+        "TLS handshake failed from 127.0.0.1:51234: plain HTTP on the TLS port" in line
+        for line in log_lines
+    ), log_lines
+
+
+def test_plain_http_can_be_redirected_instead() -> None:
+    tls, _app, transport, _ = server_on_string_transport(plain_http="redirect")
+    tls.dataReceived(b"HEAD /x HTTP/1.0\r\nHost: example.test:8443\r\n\r\n")
+    response = transport.value()
+    assert response.startswith(b"HTTP/1.1 301 Moved Permanently\r\n")
+    assert b"Location: https://example.test:8443/x\r\n" in response
+
+
+def test_an_http_method_split_across_reads_is_still_recognised() -> None:
+    tls, _app, transport, _ = server_on_string_transport()
+    tls.dataReceived(b"PO")
+    assert transport.value() == b""
+    tls.dataReceived(b"ST /form HTTP/1.1\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 400")
+    # No Host header: our own address stands in.
+    assert b"https://127.0.0.1:8443/form" in transport.value()
+
+
+def test_a_hostile_host_header_is_not_echoed() -> None:
+    tls, _app, transport, _ = server_on_string_transport(plain_http="redirect")
+    tls.dataReceived(b"GET / HTTP/1.1\r\nHost: evil.test\r\nSet-Cookie: x\r\n\r\n")
+    assert b"Location: https://evil.test/" in transport.value()
+    tls2, _app2, transport2, _ = server_on_string_transport(plain_http="redirect")
+    tls2.dataReceived(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n")
+    assert b"a b" not in transport2.value()
+
+
+def test_garbage_that_is_neither_tls_nor_http_is_closed_at_once(log_lines: list[str]) -> None:
+    tls, app, transport, _ = server_on_string_transport()
+    tls.dataReceived(b"SSH-2.0-OpenSSH_9.2\r\n")
+    assert transport.value() == b""
+    assert transport.disconnecting
+    tls.connectionLost(None)
+    assert app.lost is not None and app.lost.check(TLSHandshakeError)
+    assert any("from 127.0.0.1:51234: not TLS" in line for line in log_lines)
+
+
+def test_a_malformed_tls_record_gets_an_alert_before_the_close() -> None:
+    tls, _app, transport, _ = server_on_string_transport()
+    tls.dataReceived(b"\x16\x03\x01\x00\x04\xff\xff\xff\xff")
+    assert transport.value()[:1] == b"\x15"
+    assert transport.disconnecting
+
+
+def test_with_sniffing_off_every_byte_goes_to_openssl() -> None:
+    tls, app, transport, _ = server_on_string_transport(plain_http=None)
+    tls.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+    # OpenSSL's own verdict, as with Twisted's layer: no answer, a close.
+    assert transport.value() == b""
+    assert transport.disconnecting
+    tls.connectionLost(None)
+    assert app.lost is not None and "http request" in str(app.lost.value)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "kind"),
+    [
+        (b"\x16", Preamble.TLS),
+        (b"\x80\x2e\x01", Preamble.TLS),
+        (b"G", Preamble.UNDECIDED),
+        (b"GET ", Preamble.HTTP),
+        (b"OPTIONS * HTTP/1.1", Preamble.HTTP),
+        (b"PRI * HTTP/2.0", Preamble.HTTP),
+        (b"GETX", Preamble.GARBAGE),
+        (b"\x00", Preamble.GARBAGE),
+        (b"NICK alice", Preamble.GARBAGE),
+    ],
+)
+def test_first_bytes_are_classified(prefix: bytes, kind: Preamble) -> None:
+    assert classify(prefix) is kind
+
+
+def test_the_answer_omits_the_default_https_port() -> None:
+    response, url = answer_plain_http(b"GET / HTTP/1.1\r\n\r\n", "explain", "::1", 443)
+    assert url == "https://[::1]/"
+    assert b"Content-Length: " in response
+
+
+# -- handshakes: timeouts, failures, logs and counters -------------------------------------
+
+
+def test_a_peer_that_sends_nothing_is_dropped_at_the_handshake_timeout_quietly(
+    log_lines: list[str],
+) -> None:
+    tls, app, transport, clock = server_on_string_transport(handshake_timeout=3.0)
+    clock.advance(2.9)
+    assert not transport.disconnecting
+    clock.advance(0.2)
+    assert transport.disconnecting or getattr(transport, "aborting", False)
+    tls.connectionLost(None)
+    assert app.lost is not None and "handshake timeout" in str(app.lost.value)
+    assert tls.factory.stats.failed["handshake timeout"] == 1
+    assert any("handshake timeout (3s)" in line for line in log_lines)
+
+
+def test_a_trickled_client_hello_does_not_extend_the_handshake_timeout() -> None:
+    tls, _app, transport, clock = server_on_string_transport(handshake_timeout=5.0)
+    hello = _client_hello()
+    for i in range(10):
+        tls.dataReceived(hello[i : i + 1])
+        clock.advance(1)
+    assert transport.disconnecting or getattr(transport, "aborting", False)
+
+
+def _client_hello() -> bytes:
+    conn = SSL.Connection(PKI.client_context(), None)
+    conn.set_connect_state()
+    with contextlib.suppress(SSL.WantReadError):
+        conn.do_handshake()
+    return conn.bio_read(65536)
+
+
+def test_a_failed_handshake_is_one_log_line_with_the_peer_and_the_reason(
+    log_lines: list[str],
+) -> None:
+    untrusting = client_options(make_pki("rsa"))
+    pair = connect("membio", PKI, client_creator=untrusting)
+    assert pair.client.lost is not None
+    failures = [line for line in log_lines if "TLS handshake failed from" in line]
+    assert len(failures) == 2, failures
+    assert any("certificate verify failed" in line for line in failures)
+    assert any("unknown ca" in line.lower() for line in failures)
+    assert all("Traceback" not in line for line in log_lines)
+    assert pair.server_tls.factory.stats.handshakes == 0
+    assert sum(pair.server_tls.factory.stats.failed.values()) == 1
+
+
+def test_counters_track_connections_handshakes_and_bytes() -> None:
+    stats = TLSStats()
+    pair = connect("membio", PKI, stats=stats)
+    # Both ends share the counters here: two connections, two handshakes.
+    assert stats.active == 2
+    assert stats.handshakes == 2
+    pair.client.transport.write(b"x" * 1000)  # type: ignore[union-attr]
+    pair.flush()
+    assert stats.bytes_sent >= 1000 and stats.bytes_received == stats.bytes_sent
+    pair.client.transport.loseConnection()  # type: ignore[union-attr]
+    pair.flush()
+    assert stats.active == 0
+    assert stats.snapshot()["handshakes"] == 2
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class ResumingClient:
+    """A client creator that offers the session of the previous connection."""
+
+    def __init__(self) -> None:
+        self.context = PKI.client_context(SSL.TLS1_3_VERSION)
+        self.context.set_session_cache_mode(SSL.SESS_CACHE_CLIENT)
+        self.session: Any = None
+        self.last: SSL.Connection | None = None
+
+    def clientConnectionForTLS(self, protocol: Any) -> SSL.Connection:
+        if self.last is not None:
+            self.session = self.last.get_session()
+        conn = SSL.Connection(self.context, None)
+        if self.session is not None:
+            conn.set_session(self.session)
+        self.last = conn
+        return conn
+
+
+def test_resumed_handshakes_are_counted() -> None:
+    import tempfile
+
+    from membio_transport._options import ServerTLSOptions, server_context
+
+    with tempfile.NamedTemporaryFile() as chain, tempfile.NamedTemporaryFile() as key:
+        chain.write(PKI.chain_pem)
+        chain.flush()
+        key.write(PKI.key_pem)
+        key.flush()
+        server = ServerTLSOptions(server_context(chain.name, key.name))
+    client = ResumingClient()
+    stats = TLSStats()
+    for _ in range(3):
+        pair = connect("membio", PKI, server_creator=server, client_creator=client, stats=stats)
+        pair.server.transport.write(b"hello")  # type: ignore[union-attr]
+        pair.flush()
+        pair.client.transport.loseConnection()  # type: ignore[union-attr]
+        pair.flush()
+    # Server and client both count: 3 handshakes each, the last 2 resumed.
+    assert stats.handshakes == 6
+    assert stats.resumed == 4
+
+
+# -- idle connections ----------------------------------------------------------------------
+
+
+def test_an_idle_connection_is_closed_with_close_notify_after_the_idle_timeout(
+    log_lines: list[str],
+) -> None:
+    pair = connect("membio", PKI, idle_timeout=30.0)
+    pair.clock.advance(20)
+    pair.client.transport.write(b"still here")  # type: ignore[union-attr]
+    pair.flush()
+    pair.clock.advance(20)
+    pair.flush()
+    assert pair.server.lost is None, "activity 20 s ago: not idle yet"
+    pair.clock.advance(11)
+    pair.flush()
+    assert pair.server.lost is not None and pair.server.lost.check(ConnectionDone)
+    assert pair.client.lost is not None and pair.client.lost.check(ConnectionDone)
+    assert any("idle for" in line for line in log_lines)
+
+
+def test_idle_timeout_is_off_by_default() -> None:
+    pair = connect("membio", PKI)
+    pair.clock.advance(24 * 3600)
+    pair.flush()
+    assert pair.server.lost is None
+
+
+def test_an_unknown_plain_http_policy_is_refused() -> None:
+    with pytest.raises(ValueError):
+        MemoryBIOTLSFactory(server_options(PKI), False, protocol.Factory(), Clock(),
+                            plain_http="shout")  # type: ignore[arg-type]
+
