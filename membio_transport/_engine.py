@@ -124,6 +124,7 @@ class TLSEngine:
         "_error",
         "_frame_left",
         "_framing",
+        "_head_is_retry",
         "_header_part",
         "_outgoing",
         "_pending",
@@ -148,6 +149,8 @@ class TLSEngine:
         self._outgoing: list[bytes] = []
         self._pending: deque[bytes | memoryview] = deque()
         self._pending_size = 0
+        # The first pending chunk is a write OpenSSL refused (WantRead).
+        self._head_is_retry = False
         self._saw_eof = False
         self._error: TLSConnectionError | None = None
         # Record framing of the incoming stream (see `_count_records`).
@@ -369,6 +372,7 @@ class TLSEngine:
         """
         send = self._conn.send
         size = len(data)
+        written = 0
         try:
             written = send(data)
             if written < size:
@@ -381,6 +385,7 @@ class TLSEngine:
             rest = memoryview(data)[written:] if written else data
             self._pending.appendleft(rest)
             self._pending_size += len(rest)
+            self._head_is_retry = True
             return False
         except SSL.Error as e:
             raise self._fail(e) from None
@@ -389,7 +394,11 @@ class TLSEngine:
     def _flush_pending(self) -> None:
         pending = self._pending
         while pending:
-            if len(pending) > 1:
+            if self._head_is_retry:
+                # OpenSSL wants a write it refused retried with the same
+                # bytes: that one goes alone, before anything is joined.
+                self._head_is_retry = False
+            elif len(pending) > 1:
                 # Many small writes queued during the handshake: one
                 # buffer makes full records instead of many tiny ones.
                 joined = b"".join(pending)
@@ -411,6 +420,7 @@ class TLSEngine:
             raise self._fail(e) from None
 
     def _abandon(self) -> None:
+        self._head_is_retry = False
         self._pending.clear()
         self._pending_size = 0
         self._set_state(TLSState.CLOSED)

@@ -455,3 +455,27 @@ def test_a_stream_that_does_not_look_like_tls_records_still_reaches_openssl(pki:
     server.engine.receive(b"\x80\x01garbage that is not a record header")
     with pytest.raises(TLSProtocolError):
         server.drain_events()
+
+
+def test_a_write_refused_during_renegotiation_is_retried_unchanged_and_delivered_once() -> None:
+    pki = make_pki("ecdsa")
+    client = Side(TLSEngine(_bare(pki, server=False), server_side=False))
+    server = _bare(pki, server=True)
+    got = bytearray()
+    _shuttle(client, server, got)
+    # The server asks for a renegotiation; the client engine answers with a
+    # new ClientHello and is now waiting for the ServerHello.
+    assert server.renegotiate()
+    with contextlib.suppress(SSL.WantReadError):
+        server.do_handshake()
+    client.engine.receive(server.bio_read(1 << 20))
+    client.drain_events()
+    # OpenSSL refuses application data until the renegotiation is done.
+    first, second = os.urandom(3000), os.urandom(70000)
+    client.engine.send(first)
+    client.engine.send(second)
+    assert client.engine.buffered == len(first) + len(second), "the write was held, not lost"
+    _shuttle(client, server, got)
+    assert server.total_renegotiations() == 1
+    assert bytes(got) == first + second
+    assert client.engine.buffered == 0
