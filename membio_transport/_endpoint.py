@@ -26,7 +26,9 @@ Keyword arguments (all optional):
     IPv6 address such as ``::`` or ``::1`` listens on IPv6.  A specific
     address is also added to a generated certificate's names.
 ``backlog``
-    The listen queue length (default 50, like ``tcp:``).
+    The listen queue length (default 511, like nginx: a burst of new
+    connections waits in the kernel instead of being refused; ``tcp:``
+    uses 50).
 ``certKey``, ``privateKey``
     PEM certificate chain (leaf first) and PEM private key.  Either alone
     names one file holding both, as with Twisted's ``ssl:``.  Without them a
@@ -87,7 +89,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -112,10 +114,12 @@ from ._certs import (
     load_certificate,
     read_private_key,
 )
-from ._options import PROFILES, Profile, ServerTLSOptions, server_context
-from ._wrap import wrapClientTLS, wrapServerTLS
+from ._factory import MemoryBIOTLSFactory
+from ._options import PROFILES, ClientAuth, Profile, ServerTLSOptions, server_context
+from ._wrap import wrapClientTLS
 
 __all__ = [
+    "DEFAULT_BACKLOG",
     "KEY_PASSWORD_ENV",
     "TLSServerEndpoint",
     "build_server_context",
@@ -130,6 +134,11 @@ _log = Logger(namespace="membio")
 
 #: Environment variable holding the password of an encrypted private key.
 KEY_PASSWORD_ENV: Final = "MEMBIO_KEY_PASSWORD"
+
+#: Listen queue length: room for a burst of handshakes (Twisted's 50
+#: overflows with 1,000 simultaneous clients, who then wait for SYN
+#: retries).  nginx's value; the kernel caps it at net.core.somaxconn.
+DEFAULT_BACKLOG: Final = 511
 
 #: Addresses that mean "every interface": they name no certificate host.
 _WILDCARDS: Final = frozenset({"", "0.0.0.0", "::"})
@@ -204,6 +213,7 @@ def build_server_context(
     password: bytes | None = None,
     profile: str = "intermediate",
     alpn: Sequence[bytes] = (),
+    client_auth: ClientAuth | None = None,
 ) -> SSL.Context:
     """
     A hardened server context for C{certificate} (see L{server_context}).
@@ -223,7 +233,9 @@ def build_server_context(
         else certificate.key_path
     )
     try:
-        return server_context(certificate.cert_path, key, profile=chosen, alpn=alpn)
+        return server_context(
+            certificate.cert_path, key, profile=chosen, alpn=alpn, client_auth=client_auth
+        )
     except SSL.Error as error:
         raise CertificateError(
             f"OpenSSL cannot use {certificate.cert_path} with {certificate.key_path}: "
@@ -266,6 +278,8 @@ class TLSServerEndpoint:
 
     @ivar certificate: what is served, when known; logged on C{listen} if
         C{announce} is true.
+    @ivar factory_options: keyword arguments for L{MemoryBIOTLSFactory}
+        (C{handshake_timeout=...}).
     """
 
     def __init__(
@@ -276,16 +290,20 @@ class TLSServerEndpoint:
         clock: IReactorTime | None = None,
         certificate: ServerCertificate | None = None,
         announce: bool = False,
+        factory_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.wrapped = wrapped
         self.creator = creator
         self.clock = clock
         self.certificate = certificate
         self.announce = announce
+        self.factory_options = dict(factory_options or {})
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
-        tls = wrapServerTLS(self.creator, self.wrapped, self.clock)
-        listening: Deferred[IListeningPort] = tls.listen(protocolFactory)
+        tls = MemoryBIOTLSFactory(
+            self.creator, False, protocolFactory, self.clock, **self.factory_options
+        )
+        listening: Deferred[IListeningPort] = self.wrapped.listen(tls)
         if self.announce and self.certificate is not None:
             listening.addCallback(self._announce, self.certificate)
         return listening
@@ -380,7 +398,7 @@ def parse_server(reactor: Any, *args: str, **kwargs: str) -> TLSServerEndpoint:
         from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
         port = _integer("port", port_text, 0, 65535)
-        backlog = _integer("backlog", kwargs.get("backlog", "50"), 1, 65535)
+        backlog = _integer("backlog", kwargs.get("backlog", str(DEFAULT_BACKLOG)), 1, 65535)
         if ":" in interface:
             wrapped = TCP6ServerEndpoint(reactor, port, backlog, interface)
         else:
