@@ -5,10 +5,16 @@ It shows the visitor what their own connection negotiated (TLS version,
 cipher, key-exchange group, SNI name, ALPN protocol, client certificate) as
 plain text for command-line clients and as HTML for browsers, chosen from
 the ``Accept`` header.
+
+The page sends the strictest headers that still let it display: a
+Content-Security-Policy that allows nothing but its own inline style
+(by hash), no referrer, no framing, and no sharing with other origins.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +24,8 @@ from OpenSSL import SSL
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+
+from ._options import client_auth_of
 
 __all__ = [
     "ConnectionInfo",
@@ -106,8 +114,15 @@ def connection_info(connection: SSL.Connection) -> ConnectionInfo:
     bits = connection.get_cipher_bits()
     cipher = _clean(connection.get_cipher_name(), "unknown")
     peer = connection.get_peer_certificate(as_cryptography=True)
+    auth = client_auth_of(connection)
+    verifying = auth is not None and auth.ca_file is not None
     if peer is not None:
-        client = _describe_certificate(peer) + " (presented; not verified by this page)"
+        client = _describe_certificate(peer) + (
+            " (verified against the server's --client-ca)" if verifying
+            else " (presented; not verified by this page)"
+        )
+    elif verifying:
+        client = "none presented (optional: --client-cert optional)"
     elif connection.get_context().get_verify_mode() & SSL.VERIFY_PEER:
         client = "none presented"
     else:
@@ -182,6 +197,30 @@ _STYLE: Final = (
 )
 
 
+#: Only the page's own stylesheet may apply, by hash (no 'unsafe-inline').
+_STYLE_HASH: Final = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
+
+#: Headers for every response of the page (its 404 included).
+_SECURITY_HEADERS: Final = (
+    # Nothing may load or run; the page is one document with one style.
+    (
+        b"Content-Security-Policy",
+        f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'".encode(),
+    ),
+    (b"X-Content-Type-Options", b"nosniff"),
+    # The page shows connection details: no other site learns its URL ...
+    (b"Referrer-Policy", b"no-referrer"),
+    # ... frames it (clickjacking; for browsers without frame-ancestors) ...
+    (b"X-Frame-Options", b"DENY"),
+    # ... shares a browsing context with it, or embeds it.
+    (b"Cross-Origin-Opener-Policy", b"same-origin"),
+    (b"Cross-Origin-Resource-Policy", b"same-origin"),
+    (b"Permissions-Policy", b"camera=(), microphone=(), geolocation=()"),
+    (b"Cache-Control", b"no-store"),
+)
+
+
 def render_text(info: ConnectionInfo | None, extra: list[tuple[str, str]]) -> str:
     if info is None:
         return "This connection does not use TLS.\n"
@@ -223,6 +262,8 @@ class TLSInfoPage(Resource):
         super().__init__()  # type: ignore[no-untyped-call]  # twisted.web.resource is untyped
 
     def render_GET(self, request: Request) -> bytes:
+        for name, value in _SECURITY_HEADERS:
+            request.setHeader(name, value)
         if request.postpath not in ([], [b""]):
             page: Any = notFound("Not found", "This server has only the page at /.")
             result: bytes = page.render(request)
@@ -232,13 +273,8 @@ class TLSInfoPage(Resource):
         version = request.clientproto.decode("ascii", "replace")
         extra = [("HTTP version", _clean(version, "unknown"))]
         request.setHeader(b"Vary", b"Accept")
-        request.setHeader(b"Cache-Control", b"no-store")
-        request.setHeader(b"X-Content-Type-Options", b"nosniff")
         accept = request.getHeader(b"accept")
         if prefers_html(None if accept is None else accept.decode("latin-1")):
-            request.setHeader(
-                b"Content-Security-Policy", b"default-src 'none'; style-src 'unsafe-inline'"
-            )
             request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
             return render_html(info, extra).encode("utf-8")
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")

@@ -38,15 +38,17 @@ from twisted.web.server import Request, Site
 
 from ._certs import CertificateError, ServerCertificate, default_cert_dir
 from ._endpoint import (
+    DEFAULT_BACKLOG,
     KEY_PASSWORD_ENV,
     TLSServerEndpoint,
-    build_server_context,
     key_is_encrypted,
     read_key_password,
     resolve_certificate,
 )
+from ._hardening import HardeningOptions, default_alpn
 from ._info_page import TLSInfoPage
-from ._options import PROFILES, ServerTLSOptions
+from ._options import PROFILES
+from ._site import SecureSite
 
 __all__ = ["DEFAULT_PORT", "HTTPSService", "Options", "StartupError", "makeService"]
 
@@ -97,18 +99,15 @@ def _doc(text: str) -> Callable[[_F], _F]:
     return set_doc
 
 
+#: The protocols offered without --alpn (h2 only when twisted.web has it).
+_alpn_protocols = default_alpn
+
+
 class StartupError(Exception):
     """The server cannot start; the message is one line saying why and what to do."""
 
 
 # ---------------------------------------------------------------------- options
-
-
-def _alpn_protocols() -> list[bytes]:
-    """HTTP/2 only when twisted.web can speak it (it needs the h2 package)."""
-    from twisted.web import http
-
-    return [b"h2", b"http/1.1"] if getattr(http, "H2_ENABLED", False) else [b"http/1.1"]
 
 
 def _parse_interface(text: str) -> str:
@@ -148,7 +147,7 @@ class _Listener:
     port: IListeningPort | None = None
 
 
-class Options(usage.Options):
+class Options(HardeningOptions):
     synopsis = "[options]"
     #: How users start us, for error messages (``python -m`` changes it).
     command: ClassVar[str] = "twistd membio-https"
@@ -167,12 +166,6 @@ class Options(usage.Options):
             "machine only, 0.0.0.0 all IPv4 interfaces, :: all IPv4 and IPv6 interfaces.",
         ],
         [
-            "cert", "c", None,
-            "Your PEM certificate chain (leaf first); with no --key it must also hold "
-            "the key.",
-        ],
-        ["key", "k", None, "Your PEM private key for --cert (mode 0600 or 0640)."],
-        [
             "key-password-file", None, None,
             f"File whose first line is the --key password [default: ${KEY_PASSWORD_ENV}].",
         ],
@@ -189,7 +182,8 @@ class Options(usage.Options):
         ],
         [
             "profile", None, "intermediate",
-            "TLS settings: 'intermediate' (TLS 1.2 and 1.3) or 'modern' (TLS 1.3 only).",
+            "TLS settings: 'intermediate' (TLS 1.2 and 1.3, ECDHE with AES-GCM or "
+            "ChaCha20-Poly1305) or 'modern' (TLS 1.3 only).",
         ],
     ]
     optFlags: ClassVar[list[list[Any]]] = [
@@ -201,7 +195,7 @@ class Options(usage.Options):
     ]
 
     def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]  # twisted.python.usage is untyped
+        super().__init__()
         self["listen"] = []
         self["hostnames"] = []
 
@@ -237,7 +231,7 @@ class Options(usage.Options):
         exit status 1 (twistd would print its whole help text first).
         """
         try:
-            super().parseOptions(options)  # type: ignore[no-untyped-call]  # untyped in Twisted
+            super().parseOptions(options)
         except usage.UsageError as error:
             command = self.command_name()
             hint = "" if isinstance(error, _ConfigurationError) else f" (see: {command} --help)"
@@ -254,6 +248,7 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--profile {self['profile']!r} is unknown; use {' or '.join(PROFILES)}"
             )
+        self.check_hardening()
         self["interface"] = _parse_interface(self["interface"])
         explicit_port = self["port"] is not None
         self["port"] = _parse_port("--port", self["port"]) if explicit_port else DEFAULT_PORT
@@ -264,22 +259,13 @@ class Options(usage.Options):
         plain_listeners = self._plain_listeners()
         self["redirect_listener"] = self._redirect_listener()
         own = self["cert"] is not None or self["key"] is not None
-        if self["key-password-file"] is not None and not own:
+        if self["key-password-file"] is not None and not own and self["sni-dir"] is None:
             raise usage.UsageError("--key-password-file applies to --key, which was not given")
-        password = read_key_password(self["key-password-file"]) if own else None
-        self["certificate"] = self._certificate(password)
-        context = build_server_context(
-            self["certificate"],
-            password=password,
-            profile=self["profile"],
-            alpn=_alpn_protocols(),
-        )
-        if self["request-client-cert"]:
-            from OpenSSL import SSL
-
-            # Optional and unverified: the page only reports what was sent.
-            context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE, lambda *_: True)
-        self["tls_options"] = ServerTLSOptions(context)
+        keys = own or self["sni-dir"] is not None
+        password = read_key_password(self["key-password-file"]) if keys else None
+        self["tls_setup"] = self.tls_setup(lambda: self._certificate(password), password)
+        self["tls_options"], self["certificates"] = self["tls_setup"].options()
+        self["certificate"] = self["certificates"].default
         for listener in plain_listeners:
             listener.endpoint = self._wrap(listener.endpoint)
         self["listeners"] = plain_listeners
@@ -353,8 +339,13 @@ class Options(usage.Options):
     def _wrap(self, endpoint: IStreamServerEndpoint) -> TLSServerEndpoint:
         from twisted.internet import reactor
 
+        limit = self.connection_limit()
         return TLSServerEndpoint(
-            endpoint, self["tls_options"], clock=reactor, certificate=self["certificate"]
+            endpoint if limit is None else limit.wrap(endpoint),
+            self["tls_options"],
+            clock=reactor,
+            certificate=self["certificate"],
+            factory_options=self.factory_options(),
         )
 
     def _redirect_listener(self) -> _Listener | None:
@@ -378,6 +369,9 @@ class _ConfigurationError(usage.UsageError):
 def _endpoint_from(reactor: Any, option: str, description: str) -> IStreamServerEndpoint:
     from twisted.internet.endpoints import serverFromString
 
+    prefix = description.split(":", 1)[0].lower()
+    if prefix in ("tcp", "tcp6") and "backlog=" not in description:
+        description += f":backlog={DEFAULT_BACKLOG}"  # room for bursts (Twisted: 50)
     try:
         endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as error:
@@ -389,8 +383,8 @@ def _tcp_endpoint(reactor: Any, interface: str, port: int) -> IStreamServerEndpo
     from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
     if ":" in interface:
-        return TCP6ServerEndpoint(reactor, port, interface=interface)
-    return TCP4ServerEndpoint(reactor, port, interface=interface)
+        return TCP6ServerEndpoint(reactor, port, DEFAULT_BACKLOG, interface)
+    return TCP4ServerEndpoint(reactor, port, DEFAULT_BACKLOG, interface)
 
 
 def _tcp_label(interface: str, port: int) -> str:
@@ -527,6 +521,10 @@ class _Plan:
     command: str
     daemon: bool
     alpn: list[bytes] = field(default_factory=_alpn_protocols)
+    #: Start-up log lines about hardening settings (SNI, client certificates...).
+    notes: list[str] = field(default_factory=list)
+    #: Run alongside the listeners (the certificate reloader).
+    helpers: list[Service] = field(default_factory=list)
 
 
 class HTTPSService(Service):
@@ -568,11 +566,16 @@ class HTTPSService(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # untyped in Twisted
         self._listen()  # when started without the privileged step
+        for helper in self.plan.helpers:
+            helper.startService()
         if not self._pending:
             self._announce()
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()  # type: ignore[no-untyped-call]  # untyped in Twisted
+        for helper in self.plan.helpers:
+            if helper.running:
+                helper.stopService()
         for pending in list(self._pending):
             pending.cancel()
         every = [self.plan.redirect, *self.plan.listeners]
@@ -675,9 +678,10 @@ class HTTPSService(Service):
                 where += " (this machine only: --interface 0.0.0.0 or :: serves the network)"
             lines.append(f"HTTPS on {where}")
         lines.append(
-            f"TLS profile {plan.profile}, ALPN {', '.join(p.decode() for p in plan.alpn)}; "
-            f"serving {plan.content}"
+            f"TLS profile {plan.profile}, ALPN "
+            f"{', '.join(p.decode() for p in plan.alpn) or 'none'}; serving {plan.content}"
         )
+        lines += plan.notes
         redirect = plan.redirect
         if redirect is not None and redirect.port is not None:
             lines.append(f"plain HTTP on {self._where(redirect.port)} redirects to HTTPS")
@@ -783,7 +787,10 @@ def makeService(options: Options) -> HTTPSService:
         interface=interface,
         command=options.command_name(),
         daemon=daemon,
+        alpn=options["alpn_list"],
+        notes=options.hardening_summary(),
+        helpers=options.hardening_services(),
     )
-    site = Site(options["resource"])
+    site = SecureSite(options["resource"], hsts_max_age=options["hsts_max_age"])
     redirect = None if redirect_listener is None else _RedirectToHTTPS(default_host)
     return HTTPSService(plan, site, redirect)
