@@ -2,6 +2,8 @@
 Twisted drop-in for membio-transport.
 
 * ``twistd membio-https``: a zero-config HTTPS server (``membio_transport.tap``).
+* ``twistd membio-tls``: a TLS termination proxy to a plaintext backend
+  (``membio_transport.proxy_tap``).
 * ``membio:`` server and client endpoint descriptions
   (``membio_transport._endpoint`` documents the syntax).
 
@@ -30,6 +32,13 @@ membioHTTPS = ServiceMaker(
     "membio_transport.tap",
     "HTTPS server with a generated, trusted-once certificate (membio-transport TLS)",
     "membio-https",
+)
+
+membioTLS = ServiceMaker(
+    "membio-tls",
+    "membio_transport.proxy_tap",
+    "TLS termination proxy: decrypt and relay to a plaintext backend (membio-transport TLS)",
+    "membio-tls",
 )
 
 

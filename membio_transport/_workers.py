@@ -1,0 +1,605 @@
+"""
+Scaling out on one machine: worker processes sharing one listening socket.
+
+Our TLS is Python code, so one process uses one core.  `WorkerPool` runs
+``N`` worker processes that all accept connections from one listening
+socket, and supervises them from the parent:
+
+* The parent creates the socket (non-blocking: a worker blocked in
+  ``accept()`` would never see its SIGTERM) and everything expensive or
+  shared, above all the TLS context.  OpenSSL creates a context's session
+  ticket keys with the context, so workers forked afterwards encrypt and
+  decrypt tickets with the same keys: a session resumes on whichever worker
+  the kernel hands the next connection to.
+* Each worker is a ``fork()`` of the parent that throws away the parent's
+  reactor (its epoll instance, its wakers) without touching it, installs a
+  fresh one, and adopts the shared socket with ``adoptStreamPort``.  What
+  the worker serves is built after that, so that every timer and
+  connection in it belongs to the new reactor.
+* The parent restarts a worker that dies (with a growing delay when one
+  keeps dying at start-up) and stops gracefully on SIGTERM: it closes its
+  copy of the socket and sends SIGTERM to every worker, which stops
+  accepting, closes idle connections, lets the others finish for
+  ``grace`` seconds, and exits; the parent sends SIGKILL to any worker
+  still alive a few seconds after that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, execute, succeed
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "MAX_WORKERS",
+    "AdoptedSocketEndpoint",
+    "WorkerPool",
+    "http_connection_idle",
+    "listening_socket",
+]
+
+_log = Logger(namespace="membio_transport.workers")
+
+#: Seconds open connections may take to finish after SIGTERM.  Long enough
+#: for a request in progress or a modest download; short enough for a
+#: deployment or a service manager (systemd waits 90 s before SIGKILL).
+DEFAULT_GRACE: Final = 10.0
+#: More processes than this on one machine is a configuration mistake.
+MAX_WORKERS: Final = 256
+#: Listen queue of the shared socket: a burst of new connections waits
+#: here while every worker is busy (Twisted's default of 50 overflows at a
+#: few hundred simultaneous handshakes; the kernel caps it at somaxconn).
+LISTEN_BACKLOG: Final = 1024
+#: How often the parent looks for workers that ended.
+_REAP_INTERVAL: Final = 0.2
+#: How often a stopping worker looks at its remaining connections.
+_DRAIN_INTERVAL: Final = 0.1
+#: A worker that dies sooner than this after starting is restarted after a
+#: delay that doubles each time, up to the maximum, so that a worker that
+#: cannot start (a broken configuration) does not fork in a tight loop.
+_QUICK_DEATH: Final = 2.0
+_FIRST_DELAY: Final = 0.5
+_MAX_DELAY: Final = 30.0
+#: What the parent adds to the grace period before it kills workers.
+_KILL_MARGIN: Final = 5.0
+#: prctl(2) operation: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def listening_socket(interface: str, port: int, backlog: int = LISTEN_BACKLOG) -> socket.socket:
+    """
+    A bound, listening, non-blocking TCP socket for workers to share.
+
+    @raise OSError: the address is in use, needs privileges, etc.
+    """
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((interface, port))
+        sock.listen(backlog)
+        # Shared by every worker's accept loop: non-blocking, or a worker
+        # that loses the race for a connection blocks in accept() for good.
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@implementer(IStreamServerEndpoint)
+class AdoptedSocketEndpoint:
+    """A server endpoint that listens on a socket someone else already bound."""
+
+    def __init__(self, reactor: Any, sock: socket.socket) -> None:
+        self.reactor = reactor
+        self.sock = sock
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        return execute(
+            self.reactor.adoptStreamPort, self.sock.fileno(), self.sock.family, protocolFactory
+        )
+
+
+def http_connection_idle(protocol: Any) -> bool:
+    """
+    Whether the HTTP connection under the TLS layer C{protocol} is between
+    requests (so closing it loses nothing), for `WorkerPool`'s ``is_idle``.
+    """
+    channel = getattr(protocol, "wrappedProtocol", protocol)
+    # twisted.web wraps HTTP/1.1 and HTTP/2 channels in a proxy that picks
+    # one after ALPN; the chosen channel is its _channel.
+    channel = getattr(channel, "_channel", channel)
+    requests = getattr(channel, "requests", None)
+    if isinstance(requests, list):
+        return not requests
+    streams = getattr(channel, "streams", None)
+    if isinstance(streams, dict):
+        return not streams
+    return False
+
+
+#: What a worker runs: given its own reactor and the shared sockets, start
+#: listening and return the listening ports.
+StartWorker = Callable[[Any, Sequence[socket.socket]], Sequence[Deferred[IListeningPort]]]
+
+
+@dataclass
+class _Worker:
+    index: int
+    pid: int
+    started: float
+
+
+class WorkerPool(Service):
+    """
+    Run C{count} worker processes serving C{sockets}, and keep them running.
+
+    @param open_sockets: called once, when the service starts (before
+        twistd drops privileges), to create the shared listening sockets.
+    @param start_worker: called in each worker, with the worker's fresh
+        reactor (already installed as the global one) and the sockets.
+    @param is_idle: tells whether a connection (the TLS protocol) can be
+        closed at once when stopping; by default none can, and connections
+        are given the whole grace period to end.
+    @param announce: called in the parent once the sockets exist.
+    """
+
+    name = "membio-workers"
+
+    def __init__(
+        self,
+        open_sockets: Callable[[], list[socket.socket]],
+        start_worker: StartWorker,
+        count: int,
+        *,
+        grace: float = DEFAULT_GRACE,
+        is_idle: Callable[[Any], bool] | None = None,
+        announce: Callable[[Sequence[socket.socket]], None] | None = None,
+        system: str = "membio",
+    ) -> None:
+        if not 1 <= count <= MAX_WORKERS:
+            raise ValueError(f"worker count {count} is out of range (1-{MAX_WORKERS})")
+        self._open_sockets = open_sockets
+        self._start_worker = start_worker
+        self.count = count
+        self.grace = grace
+        self._is_idle = is_idle
+        self._announce = announce
+        self._system = system
+        self.sockets: list[socket.socket] = []
+        self.workers: dict[int, _Worker] = {}
+        self._delays: dict[int, float] = {}
+        self._restarts: dict[int, Any] = {}
+        self._stopping = False
+        self._stopped: Deferred[None] | None = None
+        self._kill_call: Any = None
+        self._reaper: LoopingCall | None = None
+        self._parent_pid = os.getpid()
+
+    @property
+    def _reactor(self) -> Any:
+        from twisted.internet import reactor
+
+        return reactor
+
+    # -- parent: starting ----------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()  # type: ignore[no-untyped-call]  # untyped in Twisted
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]  # untyped in Twisted
+        self._listen()
+        self._parent_pid = os.getpid()  # twistd may have daemonized since
+        for index in range(self.count):
+            self._spawn(index)
+        self._reaper = LoopingCall(self._reap)
+        self._reaper.clock = self._reactor
+        self._reaper.start(_REAP_INTERVAL, now=False)
+
+    def _listen(self) -> None:
+        if self.sockets:
+            return
+        self.sockets = self._open_sockets()
+        if self._announce is not None:
+            self._announce(self.sockets)
+
+    def _spawn(self, index: int) -> None:
+        self._restarts.pop(index, None)
+        if self._stopping:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        pid = os.fork()
+        if pid == 0:
+            self._become_worker(index)
+        self.workers[index] = _Worker(index, pid, time.monotonic())
+        _log.info(
+            "worker {index} started (pid {pid})", index=index, pid=pid, log_system=self._system
+        )
+
+    # -- parent: supervising -------------------------------------------------
+
+    def _reap(self) -> None:
+        for worker in list(self.workers.values()):
+            try:
+                pid, status = os.waitpid(worker.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = worker.pid, 0
+            if pid == 0:
+                continue
+            del self.workers[worker.index]
+            self._worker_ended(worker, status)
+        if self._stopping and not self.workers:
+            self._all_stopped()
+
+    def _worker_ended(self, worker: _Worker, status: int) -> None:
+        how = _describe_status(status)
+        if self._stopping:
+            _log.info(
+                "worker {index} (pid {pid}) {how}",
+                index=worker.index, pid=worker.pid, how=how, log_system=self._system,
+            )
+            return
+        lived = time.monotonic() - worker.started
+        if lived < _QUICK_DEATH:
+            delay = min(self._delays.get(worker.index, _FIRST_DELAY / 2) * 2, _MAX_DELAY)
+        else:
+            delay = 0.0
+        self._delays[worker.index] = delay or _FIRST_DELAY / 2
+        _log.warn(
+            "worker {index} (pid {pid}) {how} after {lived:.1f}s; starting a new one"
+            "{later}",
+            index=worker.index, pid=worker.pid, how=how, lived=lived,
+            later=f" in {delay:.1f}s" if delay else "", log_system=self._system,
+        )
+        self._restarts[worker.index] = self._reactor.callLater(delay, self._spawn, worker.index)
+
+    # -- parent: stopping ----------------------------------------------------
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]  # untyped in Twisted
+        self._stopping = True
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        self._restarts.clear()
+        # Workers hold their own copies; once they stop listening too, new
+        # connections are refused instead of waiting in a queue nobody reads.
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
+        if not self.workers:
+            self._stop_reaper()
+            return succeed(None)
+        _log.info(
+            "stopping {count} worker(s); open connections get {grace:g}s to finish",
+            count=len(self.workers), grace=self.grace, log_system=self._system,
+        )
+        for worker in self.workers.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGTERM)
+        self._stopped = Deferred()
+        self._kill_call = self._reactor.callLater(self.grace + _KILL_MARGIN, self._kill_all)
+        return self._stopped
+
+    def _kill_all(self) -> None:
+        self._kill_call = None
+        for worker in self.workers.values():
+            _log.warn(
+                "worker {index} (pid {pid}) did not stop in time: killing it",
+                index=worker.index, pid=worker.pid, log_system=self._system,
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+
+    def _all_stopped(self) -> None:
+        self._stop_reaper()
+        if self._kill_call is not None and self._kill_call.active():
+            self._kill_call.cancel()
+        self._kill_call = None
+        stopped, self._stopped = self._stopped, None
+        if stopped is not None:
+            stopped.callback(None)
+
+    def _stop_reaper(self) -> None:
+        if self._reaper is not None and self._reaper.running:
+            self._reaper.stop()
+        self._reaper = None
+
+    # -- worker --------------------------------------------------------------
+
+    def _become_worker(self, index: int) -> NoReturn:
+        """Run as worker C{index} in the forked child; never returns."""
+        status = 1
+        try:
+            status = self._serve(index)
+        except BaseException:
+            _log.failure("worker {index} failed", index=index, log_system=self._system)
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(status)
+
+    def _serve(self, index: int) -> int:
+        system = f"{self._system}-worker-{index}"
+        _leave_parent_signals(self._parent_pid)
+        reactor = _fresh_reactor()
+        listening = self._start_worker(reactor, self.sockets)
+        ports: list[IListeningPort] = []
+        failures: list[Any] = []
+        for pending in listening:
+            pending.addCallbacks(ports.append, failures.append)
+        for sock in self.sockets:
+            # The adopted ports hold their own descriptors: this copy would
+            # keep the socket accepting after the worker stops listening.
+            sock.close()
+        if failures:
+            _log.error(
+                "worker {index} cannot listen: {reason}",
+                index=index, reason=failures[0].getErrorMessage(), log_system=system,
+            )
+            return 1
+        reactor.addSystemEventTrigger("before", "shutdown", self._drain, reactor, ports, system)
+        reactor.run()
+        return 0
+
+    def _drain(self, reactor: Any, ports: list[IListeningPort], system: str) -> Deferred[None]:
+        """Stop accepting; close idle connections; give the rest `grace` seconds."""
+        factories = [getattr(port, "factory", None) for port in ports]
+        stopping = DeferredList([port.stopListening() for port in ports])  # type: ignore[misc]
+        deadline = reactor.seconds() + self.grace
+        done: Deferred[None] = Deferred()
+        is_idle = self._is_idle
+
+        def connections() -> list[Any]:
+            found: list[Any] = []
+            for factory in factories:
+                found += list(getattr(factory, "protocols", {}) or {})
+            return found
+
+        announced = False
+
+        def check() -> None:
+            nonlocal announced
+            remaining = connections()
+            if is_idle is not None:
+                for protocol in remaining:
+                    if is_idle(protocol):
+                        protocol.loseConnection()
+            if not remaining:
+                done.callback(None)
+                return
+            if not announced:
+                announced = True
+                _log.info(
+                    "no longer accepting; waiting up to {grace:g}s for {count} connection(s)",
+                    grace=self.grace, count=len(remaining), log_system=system,
+                )
+            if reactor.seconds() >= deadline:
+                _log.warn(
+                    "grace period over: aborting {count} connection(s)",
+                    count=len(remaining), log_system=system,
+                )
+                for protocol in remaining:
+                    protocol.abortConnection()
+                done.callback(None)
+                return
+            reactor.callLater(_DRAIN_INTERVAL, check)
+
+        stopping.addCallback(lambda _: check())
+        return done
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"was killed by {name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def _leave_parent_signals(parent_pid: int) -> None:
+    """
+    In a new worker: forget the parent's signal set-up (its wake-up pipe is
+    the parent's), and die with the parent rather than outlive it.
+    """
+    signal.set_wakeup_fd(-1)
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        # The parent died before prctl: nobody would stop us.
+        os._exit(1)
+
+
+#: Reactors retired in forked workers.  Kept alive on purpose: finalizing
+#: them would close descriptor numbers that may belong to something else
+#: by then.
+_retired: list[Any] = []
+
+
+def _fresh_reactor() -> Any:
+    """
+    Replace the reactor inherited from the parent with a new one of the same
+    kind, installed as the global reactor, and return it.
+
+    The inherited reactor's epoll instance is shared with the parent, so it
+    must never be polled here; its descriptors are closed in this process
+    only (which does not affect the parent's registrations), and the object
+    is kept, never finalized.
+    """
+    import twisted.internet
+    from twisted.internet.main import installReactor
+
+    old: Any = sys.modules.get("twisted.internet.reactor")
+    if old is None:
+        from twisted.internet.epollreactor import EPollReactor
+
+        kind: Any = EPollReactor
+    else:
+        kind = type(old)
+        _retired.append(old)
+        descriptors = set()
+        for selectable in [*old.getReaders(), *old.getWriters()]:
+            with contextlib.suppress(Exception):
+                descriptors.add(selectable.fileno())
+        for fd in descriptors:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        poller = getattr(old, "_poller", None)
+        close = getattr(poller, "close", None)
+        if close is not None:
+            close()
+        del sys.modules["twisted.internet.reactor"]
+        with contextlib.suppress(AttributeError):
+            del twisted.internet.reactor
+    reactor = kind()
+    installReactor(reactor)
+    return reactor
+
+
+# ------------------------------------------------------------------ command-line glue
+
+
+def parse_worker_options(options: Any) -> None:
+    """
+    Check and convert the ``--workers`` and ``--grace`` options (strings)
+    of a twistd Options object, in place.
+
+    @raise twisted.python.usage.UsageError: with a one-line message.
+    """
+    from twisted.python import usage
+
+    text = str(options["workers"])
+    try:
+        workers = int(text)
+    except ValueError:
+        raise usage.UsageError(f"--workers {text!r} is not a number") from None
+    if not 0 <= workers <= MAX_WORKERS:
+        raise usage.UsageError(
+            f"--workers {workers} is out of range (0 serves from this process; at most "
+            f"{MAX_WORKERS}; one or two per core is the useful range)"
+        )
+    text = str(options["grace"])
+    try:
+        grace = float(text)
+    except ValueError:
+        raise usage.UsageError(f"--grace {text!r} is not a number of seconds") from None
+    if not 0 <= grace <= 3600:
+        raise usage.UsageError(f"--grace {grace:g} is out of range (0-3600 seconds)")
+    options["workers"], options["grace"] = workers, grace
+
+
+def _open_port_socket(command: str, interface: str, port: int) -> list[socket.socket]:
+    """The shared socket for --port, or a one-line start-up error."""
+    from twisted.internet.error import CannotListenError
+
+    from . import tap
+
+    try:
+        return [listening_socket(interface, port)]
+    except OSError as error:
+        listener = tap._Listener(
+            tap._tcp_label(interface, port), None, "--port"  # type: ignore[arg-type]  # only named
+        )
+        message = tap._listen_error(CannotListenError(interface, port, error), listener)
+        tap._exit_with_message(command)
+        raise tap.StartupError(message) from None
+
+
+def https_service(options: Any) -> WorkerPool:
+    """
+    ``membio-https --workers N``: the parent binds --port and keeps the TLS
+    context the options built; each worker serves the same site as a
+    single ``membio-https`` process would, on the shared socket.
+    """
+    from . import tap
+
+    if options["listen"] or options["redirect-http"] is not None:
+        # Checked by the options already; kept here for direct callers.
+        raise ValueError("--workers serves the --port socket only")
+    command = options.command_name()
+    interface, port = options["interface"], options["port"]
+
+    def start_worker(reactor: Any, sockets: Sequence[socket.socket]) -> list[Any]:
+        # Built here, in the worker, so that its timers use this reactor.
+        site = getattr(tap.makeService(options), "site", None)
+        if site is None:
+            from twisted.web.server import Site
+
+            site = Site(options["resource"])
+        return [
+            options._wrap(AdoptedSocketEndpoint(reactor, sock)).listen(site) for sock in sockets
+        ]
+
+    def announce(sockets: Sequence[socket.socket]) -> None:
+        certificate = options["certificate"]
+        host, bound = sockets[0].getsockname()[:2]
+        url = f"https://{_browse_host(host)}:{bound}/"
+        lines = [
+            f"HTTPS on {tap._tcp_label(host, bound)}, shared by {options['workers']} worker "
+            f"process(es) with one TLS context (sessions resume on any worker)"
+        ]
+        if options["cert"]:
+            lines += [f"using your certificate: {line.strip()}" for line in certificate.summary()]
+        else:
+            lines += certificate.trust_instructions(url)
+        lines.append(f"ready: open {url}")
+        for line in lines:
+            _log.info("{line}", line=line, log_system="membio-https")
+
+    return WorkerPool(
+        lambda: _open_port_socket(command, interface, port),
+        start_worker,
+        options["workers"],
+        grace=options["grace"],
+        is_idle=http_connection_idle,
+        announce=announce,
+        system="membio-https",
+    )
+
+
+def check_https_options(options: Any) -> None:
+    """``membio-https``: parse --workers/--grace and refuse what workers cannot share."""
+    from twisted.python import usage
+
+    parse_worker_options(options)
+    if options["workers"] and (options["listen"] or options["redirect-http"] is not None):
+        raise usage.UsageError(
+            "--workers shares the --port socket among processes; --listen and "
+            "--redirect-http are not supported with it (run a separate membio-https for them)"
+        )
+
+
+def _browse_host(host: str) -> str:
+    import ipaddress
+
+    address = ipaddress.ip_address(host.split("%", 1)[0])
+    if address.is_loopback or address.is_unspecified:
+        return "localhost"
+    return f"[{address}]" if address.version == 6 else str(address)

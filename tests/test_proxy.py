@@ -1,0 +1,370 @@
+"""
+``twistd membio-tls``, the TLS termination proxy, as a real process in front
+of plaintext backends on threads: relaying, the PROXY protocol (v1 and v2,
+checked byte by byte and with Twisted's own parser), half-close in both
+directions, bounded memory when either side stops reading, and a backend
+that is down.  The PROXY header builders are also tested in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from OpenSSL import SSL
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.protocols.haproxy._v1parser import V1Parser
+from twisted.protocols.haproxy._v2parser import V2Parser
+
+from membio_transport import proxy_tap
+from membio_transport._proxy import proxy_header_v1, proxy_header_v2
+
+from ._deploy_helpers import (
+    TLSClient,
+    backend,
+    echo_handler,
+    membio_tls_command,
+    read_proxy_header,
+    read_until_eof,
+    rss_kib,
+    set_io_timeout,
+)
+from ._plugin_helpers import Server, free_port, running, subprocess_env, twistd_command
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "home" / "state"))
+    monkeypatch.delenv("MEMBIO_KEY_PASSWORD", raising=False)
+
+
+@contextmanager
+def proxy(tmp_path: Path, backend_endpoint: str, *extra: str) -> Iterator[tuple[Server, int, Path]]:
+    """membio-tls on a free port relaying to C{backend_endpoint}; yields (server, port, CA)."""
+    port, cert_dir = free_port(), tmp_path / "certs"
+    command = membio_tls_command(
+        twistd_command(), "--port", str(port), "--backend", backend_endpoint,
+        "--cert-dir", str(cert_dir), *extra,
+    )
+    with running(command, tmp_path, subprocess_env(tmp_path / "home"), "membio-tls") as server:
+        server.wait_for_log(rf"TLS on 127\.0\.0\.1:{port}")
+        yield server, port, cert_dir / "local-ca.pem"
+
+
+# ------------------------------------------------------------------ PROXY headers in memory
+
+
+def test_proxy_header_v1_for_ipv4_ipv6_and_unknown() -> None:
+    client, reached = IPv4Address("TCP", "192.0.2.7", 51000), IPv4Address("TCP", "10.0.0.1", 443)
+    assert proxy_header_v1(client, reached) == b"PROXY TCP4 192.0.2.7 10.0.0.1 51000 443\r\n"
+    six = proxy_header_v1(IPv6Address("TCP", "2001:db8::7", 5), IPv6Address("TCP", "::1", 443))
+    assert six == b"PROXY TCP6 2001:db8::7 ::1 5 443\r\n"
+    mapped = proxy_header_v1(
+        IPv6Address("TCP", "::ffff:192.0.2.7", 5), IPv4Address("TCP", "10.0.0.1", 443)
+    )
+    assert mapped == b"PROXY TCP4 192.0.2.7 10.0.0.1 5 443\r\n"
+    assert proxy_header_v1(UNIXAddress(b"/run/x"), UNIXAddress(b"/run/x")) == b"PROXY UNKNOWN\r\n"
+    info = V1Parser.parse(proxy_header_v1(client, reached).rstrip(b"\r\n"))
+    assert (info.source.host, info.source.port) == ("192.0.2.7", 51000)
+
+
+def test_proxy_header_v2_with_tls_tlvs_parses_with_twisted() -> None:
+    client, reached = IPv6Address("TCP", "2001:db8::7", 40000), IPv6Address("TCP", "::1", 8443)
+    header = proxy_header_v2(
+        client, reached, alpn=b"h2", server_name=b"app.example", tls_version="TLSv1.3",
+        cipher="TLS_AES_128_GCM_SHA256",
+    )
+    info = V2Parser.parse(header)
+    # Twisted writes IPv6 addresses out in full; compare them as addresses.
+    assert ipaddress.ip_address(info.source.host) == ipaddress.ip_address("2001:db8::7")
+    assert ipaddress.ip_address(info.destination.host) == ipaddress.ip_address("::1")
+    assert (info.source.port, info.destination.port) == (40000, 8443)
+    tlvs = _tlvs(header[16 + 36 :])
+    assert tlvs[0x01] == b"h2" and tlvs[0x02] == b"app.example"
+    client_flags, verify = struct.unpack("!BI", tlvs[0x20][:5])
+    assert client_flags == 0x01 and verify != 0
+    sub = _tlvs(tlvs[0x20][5:])
+    assert sub == {0x21: b"TLSv1.3", 0x23: b"TLS_AES_128_GCM_SHA256"}
+    unknown = proxy_header_v2(UNIXAddress(b"/x"), UNIXAddress(b"/x"))
+    assert unknown == b"\r\n\r\n\x00\r\nQUIT\n\x21\x00\x00\x00"
+
+
+def _tlvs(data: bytes) -> dict[int, bytes]:
+    found = {}
+    while data:
+        kind, length = struct.unpack("!BH", data[:3])
+        found[kind] = data[3 : 3 + length]
+        data = data[3 + length :]
+    return found
+
+
+# ------------------------------------------------------------------ options
+
+
+def _error_of(*arguments: str) -> str:
+    with pytest.raises(SystemExit) as raised:
+        proxy_tap.Options().parseOptions(list(arguments))
+    message = str(raised.value.code)
+    assert "\n" not in message and message.startswith("twistd membio-tls: error: "), message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--port", "0"], "--backend is required"),
+        (["--port", "0", "--backend", "nonsense:1"], "is not a client endpoint"),
+        (["--port", "0", "--backend", "tcp:h:1", "--proxy-protocol", "v3"], "use v1 or v2"),
+        (["--backend", "tcp:h:1"], "give --port"),
+        (["--port", "0", "--backend", "tcp:h:1", "--workers", "x"], "is not a number"),
+        (
+            ["--listen", "tcp:0", "--backend", "tcp:h:1", "--workers", "2"],
+            "--workers shares the --port socket",
+        ),
+        (["--port", "0", "--backend", "tcp:h:1", "--listen", "ssl:0"], "membio-tls adds TLS"),
+    ],
+)
+def test_usage_errors_are_one_line(arguments: list[str], expected: str) -> None:
+    assert expected in _error_of(*arguments)
+
+
+# ------------------------------------------------------------------ relaying
+
+
+@pytest.mark.integration
+def test_relays_both_ways_for_concurrent_clients(tmp_path: Path) -> None:
+    payload = os.urandom(3 * 1024 * 1024)
+    with backend(echo_handler) as echo, proxy(tmp_path, echo.endpoint) as (_, port, ca):
+        clients = [TLSClient(port, ca) for _ in range(4)]
+        results: dict[int, bytes] = {}
+
+        def exchange(index: int, client: TLSClient) -> None:
+            sender = threading.Thread(target=client.send, args=(payload,))
+            sender.start()
+            results[index] = client.read_exactly(len(payload))
+            sender.join(10)
+
+        threads = [
+            threading.Thread(target=exchange, args=(i, c), daemon=True)
+            for i, c in enumerate(clients)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        try:
+            digest = hashlib.sha256(payload).digest()
+            assert [hashlib.sha256(results[i]).digest() for i in range(4)] == [digest] * 4
+        finally:
+            for client in clients:
+                client.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_proxy_protocol_names_the_client(tmp_path: Path, version: str) -> None:
+    def check_header(conn: socket.socket, record: dict[str, object]) -> None:
+        record["header"] = read_proxy_header(conn)
+        echo_handler(conn, record)
+
+    with backend(check_header) as server, proxy(
+        tmp_path, server.endpoint, "--proxy-protocol", version
+    ) as (_, port, ca):
+        # From 127.0.0.2, so that the client's address differs from ours.
+        client = TLSClient(port, ca, source="127.0.0.2")
+        try:
+            source_host, source_port = client.address
+            client.send(b"ping")
+            assert client.read_exactly(4) == b"ping"
+        finally:
+            client.close()
+        (record,) = server.wait_for(1)
+    header = record["header"]
+    assert isinstance(header, bytes)
+    if version == "v1":
+        assert header == f"PROXY TCP4 127.0.0.2 127.0.0.1 {source_port} {port}\r\n".encode()
+        return
+    info = V2Parser.parse(header)
+    assert (info.source.host, info.source.port) == (source_host, source_port)
+    assert (info.destination.host, info.destination.port) == ("127.0.0.1", port)
+    assert header[12:14] == b"\x21\x11"  # PROXY command, TCP over IPv4
+    assert ipaddress.ip_address(header[16:20]) == ipaddress.ip_address("127.0.0.2")
+    tlvs = _tlvs(header[16 + 12 :])
+    assert tlvs[0x02] == b"localhost"  # the SNI name
+    assert _tlvs(tlvs[0x20][5:])[0x21] == b"TLSv1.3"
+
+
+# ------------------------------------------------------------------ half-close
+
+
+@pytest.mark.integration
+def test_client_close_notify_half_closes_the_backend(tmp_path: Path) -> None:
+    """
+    The client sends its request and close_notify; the backend reads to EOF,
+    answers after that, and closes; the client reads the answer and a
+    close_notify.
+    """
+
+    def answer_after_eof(conn: socket.socket, record: dict[str, object]) -> None:
+        request = read_until_eof(conn)
+        record["request"] = request
+        conn.sendall(b"got %d bytes after your EOF" % len(request))
+        conn.shutdown(socket.SHUT_WR)
+        conn.close()
+
+    with backend(answer_after_eof) as server, proxy(tmp_path, server.endpoint) as (_, port, ca):
+        client = TLSClient(port, ca)
+        try:
+            client.send(b"x" * 100_000)
+            client.close_notify()
+            data, ending = client.read_to_end()
+        finally:
+            client.close()
+        (record,) = server.wait_for(1)
+    assert record["request"] == b"x" * 100_000
+    assert (data, ending) == (b"got 100000 bytes after your EOF", "close_notify")
+
+
+@pytest.mark.integration
+def test_backend_fin_becomes_close_notify_and_the_client_may_still_send(
+    tmp_path: Path,
+) -> None:
+    def banner_then_listen(conn: socket.socket, record: dict[str, object]) -> None:
+        conn.sendall(b"banner, and that is all I say")
+        conn.shutdown(socket.SHUT_WR)
+        record["heard"] = read_until_eof(conn)
+        conn.close()
+
+    with backend(banner_then_listen) as server, proxy(tmp_path, server.endpoint) as (
+        membio, port, ca,
+    ):
+        client = TLSClient(port, ca)
+        try:
+            data, ending = client.read_to_end()
+            assert (data, ending) == (b"banner, and that is all I say", "close_notify")
+            client.send(b"still talking after your close_notify")
+            client.close_notify()
+        finally:
+            client.close()
+        (record,) = server.wait_for(1)
+    assert record["heard"] == b"still talking after your close_notify"
+    assert "Traceback" not in membio.stdout + membio.stderr
+
+
+# ------------------------------------------------------------------ backpressure
+
+
+@pytest.mark.integration
+def test_backend_that_stops_reading_bounds_the_proxy_memory(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def slow_reader(conn: socket.socket, record: dict[str, object]) -> None:
+        release.wait(30)
+        record["bytes"] = len(read_until_eof(conn))
+        conn.close()
+
+    with backend(slow_reader) as server, proxy(tmp_path, server.endpoint) as (membio, port, ca):
+        client = TLSClient(port, ca)
+        pid = membio.process.pid
+        client.send(b"warm-up")
+        time.sleep(0.3)
+        before = rss_kib(pid)
+        set_io_timeout(client.raw, 1.0)
+        # One TLS record per write, so that a write that times out is the
+        # only one whose fate is unknown: OpenSSL keeps it and it is retried.
+        sent, chunk = len(b"warm-up"), os.urandom(16384)
+        stuck = False
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            try:
+                sent += client.conn.send(chunk)
+            except SSL.WantWriteError:
+                stuck = True  # a second with nowhere to put it: all full
+                break
+        grown = rss_kib(pid) - before
+        try:
+            assert stuck, f"sent {sent} bytes without ever blocking"
+            # Socket buffers (client, proxy in and out, backend) hold it all;
+            # without backpressure the proxy would take gigabytes in 4 s.
+            assert sent < 64 * 1024 * 1024, sent
+            assert grown < 16 * 1024, f"proxy RSS grew by {grown} KiB while {sent} bytes queued"
+            # Once the backend reads again, everything arrives.
+            release.set()
+            set_io_timeout(client.raw, 10.0)
+            sent += client.conn.send(chunk)  # the retry OpenSSL requires
+            client.close_notify()
+            (record,) = server.wait_for(1, timeout=30)
+        finally:
+            client.close()
+    assert record["bytes"] == sent
+
+
+@pytest.mark.integration
+def test_client_that_stops_reading_bounds_the_proxy_memory(tmp_path: Path) -> None:
+    written = [0]
+    stop = threading.Event()
+
+    def firehose(conn: socket.socket, record: dict[str, object]) -> None:
+        set_io_timeout(conn, 1.0)
+        chunk = os.urandom(65536)
+        while not stop.is_set():
+            try:
+                conn.sendall(chunk)
+            except OSError:
+                continue  # blocked: the proxy stopped reading from us
+            written[0] += len(chunk)
+        conn.close()
+
+    with backend(firehose) as server, proxy(tmp_path, server.endpoint) as (membio, port, ca):
+        client = TLSClient(port, ca)
+        pid = membio.process.pid
+        try:
+            client.send(b"go")
+            time.sleep(0.5)
+            before = rss_kib(pid)
+            time.sleep(3)
+            grown = rss_kib(pid) - before
+            first = written[0]
+            time.sleep(1)
+            assert written[0] - first < 1024 * 1024, "the backend was still being read"
+            assert written[0] < 64 * 1024 * 1024, written[0]
+            assert grown < 16 * 1024, f"proxy RSS grew by {grown} KiB"
+            # Reading again resumes the flow.
+            received = len(client.conn.recv(65536))
+            for _ in range(200):
+                received += len(client.conn.recv(65536))
+            assert received > 0
+        finally:
+            stop.set()
+            client.close()
+        server.wait_for(1)
+
+
+# ------------------------------------------------------------------ backend down
+
+
+@pytest.mark.integration
+def test_backend_down_gives_the_client_a_clean_close_and_a_log_line(tmp_path: Path) -> None:
+    dead = free_port()  # nothing listens there
+    with proxy(tmp_path, f"tcp:127.0.0.1:{dead}") as (membio, port, ca):
+        client = TLSClient(port, ca)
+        client_port = client.address[1]
+        try:
+            client.send(b"anyone there?")
+            data, ending = client.read_to_end()
+        finally:
+            client.close()
+        line = membio.wait_for_log(rf"backend tcp:127\.0\.0\.1:{dead} unreachable.*")
+    assert (data, ending) == (b"", "close_notify")
+    assert "refused" in line.group(0)
+    assert f"client 127.0.0.1:{client_port}" in line.group(0)
