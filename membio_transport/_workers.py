@@ -547,7 +547,9 @@ def https_service(options: Any) -> WorkerPool:
     interface, port = options["interface"], options["port"]
 
     def start_worker(reactor: Any, sockets: Sequence[socket.socket]) -> list[Any]:
-        # Built here, in the worker, so that its timers use this reactor.
+        # Built here, in the worker, so that its timers use this reactor;
+        # the single-process service of the same options makes the site.
+        options["workers"] = 0
         site = getattr(tap.makeService(options), "site", None)
         if site is None:
             from twisted.web.server import Site

@@ -86,6 +86,7 @@ Examples:
   twistd -n membio-https --cert chain.pem --key key.pem --port 443 \\
       --redirect-http 80
   twistd -n membio-https --listen unix:/run/web.sock --listen haproxy:tcp:8443
+  twistd -n membio-https --port 8443 --workers 2 --grace 10
 """
 
 
@@ -185,6 +186,13 @@ class Options(HardeningOptions):
             "TLS settings: 'intermediate' (TLS 1.2 and 1.3, ECDHE with AES-GCM or "
             "ChaCha20-Poly1305) or 'modern' (TLS 1.3 only).",
         ],
+        [
+            "workers", None, "0",
+            "Serve --port from N worker processes sharing its socket and one TLS context "
+            "(sessions resume on any worker; a crashed worker is restarted); 0 serves from "
+            "this process.",
+        ],
+        ["grace", None, "10", "With --workers: seconds open connections get to finish on SIGTERM."],
     ]
     optFlags: ClassVar[list[list[Any]]] = [
         [
@@ -249,6 +257,9 @@ class Options(HardeningOptions):
                 f"--profile {self['profile']!r} is unknown; use {' or '.join(PROFILES)}"
             )
         self.check_hardening()
+        from ._workers import check_https_options
+
+        check_https_options(self)
         self["interface"] = _parse_interface(self["interface"])
         explicit_port = self["port"] is not None
         self["port"] = _parse_port("--port", self["port"]) if explicit_port else DEFAULT_PORT
@@ -760,8 +771,12 @@ def _is_ip(name: str) -> bool:
     return True
 
 
-def makeService(options: Options) -> HTTPSService:
+def makeService(options: Options) -> Service:
     """Build the service twistd runs from parsed L{Options}."""
+    if options["workers"]:
+        from ._workers import https_service
+
+        return https_service(options)
     parent = getattr(options, "parent", None)
     daemon = bool(parent is not None and not parent.get("nodaemon", True))
     certificate: ServerCertificate = options["certificate"]
