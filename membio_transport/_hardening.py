@@ -33,8 +33,9 @@ __all__ = ["HardeningOptions"]
 
 #: ``--hsts`` alone: argv rewriting turns it into this.
 _HSTS_ALONE: Final = "default"
-#: ALPN protocols twisted.web serves (h2 only with the h2 package).
-_HTTP_PROTOCOLS: Final = ("h2", "http/1.1", "http/1.0")
+#: ALPN protocols twisted.web serves (h2 only with the h2 package); it
+#: refuses any other negotiated protocol, http/1.0 included.
+_HTTP_PROTOCOLS: Final = ("h2", "http/1.1")
 
 
 def default_alpn() -> list[bytes]:
@@ -71,9 +72,9 @@ class HardeningOptions(usage.Options):
         ],
         [
             "alpn", None, None,
-            "ALPN protocols to offer, comma-separated, in preference order (h2, http/1.1, "
-            "http/1.0; 'none' for no ALPN) [default: h2,http/1.1 when Twisted has HTTP/2 "
-            "support, else http/1.1].",
+            "ALPN protocols to offer, comma-separated, in preference order (h2, http/1.1; "
+            "'none' for no ALPN) [default: h2,http/1.1 when Twisted has HTTP/2 support, "
+            "else http/1.1].",
         ],
         [
             "client-ca", None, None,
