@@ -83,6 +83,10 @@ class TLSTruncationError(TLSConnectionError):
 _EOF_REASONS: Final = ("unexpected eof", "unexpected_eof")
 
 
+#: OpenSSL error-queue entries that only summarise the ones before them.
+_GENERIC_REASONS: Final = frozenset({"record layer failure"})
+
+
 def describe(error: SSL.Error) -> str:
     """
     Give the most specific reason an OpenSSL error carries, in words a
@@ -97,10 +101,14 @@ def describe(error: SSL.Error) -> str:
         return "peer closed the TLS session"
     queue = error.args[0] if error.args else None
     if isinstance(queue, list) and queue:
-        last = queue[-1]
-        if isinstance(last, tuple) and len(last) == 3:
-            return str(last[2])
-        return str(last)
+        reasons = [
+            str(entry[2]) if isinstance(entry, tuple) and len(entry) == 3 else str(entry)
+            for entry in queue
+        ]
+        # The last entry is normally the most specific, except that OpenSSL
+        # 3.2+ ends record-layer errors with a generic summary line.
+        specific = [r for r in reasons if r.casefold() not in _GENERIC_REASONS]
+        return (specific or reasons)[-1]
     return "unspecified TLS error"
 
 

@@ -479,3 +479,16 @@ def test_a_write_refused_during_renegotiation_is_retried_unchanged_and_delivered
     assert server.total_renegotiations() == 1
     assert bytes(got) == first + second
     assert client.engine.buffered == 0
+
+
+def test_the_reason_skips_openssls_generic_summary_line() -> None:
+    from membio_transport._errors import describe
+
+    error = SSL.Error(
+        [
+            ("Provider routines", "", "cipher operation failed"),
+            ("SSL routines", "", "decryption failed or bad record mac"),
+            ("SSL routines", "", "record layer failure"),
+        ]
+    )
+    assert describe(error) == "decryption failed or bad record mac"

@@ -1073,11 +1073,6 @@ async def test_server_rejects_corrupt_record_after_handshake(
     assert any("bad record mac" in entry[2] for entry in queue), queue
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_errors.describe() takes the last entry of OpenSSL's error queue; OpenSSL 3.2+ "
-    "ends record-layer errors with the generic 'record layer failure'",
-)
 @pytest_twisted.ensureDeferred
 async def test_corrupt_record_reason_names_the_cause(
     harness: Harness, pki: dict[str, ServerFiles]
