@@ -448,3 +448,18 @@ class MembioParityTests(ParityTests, SynchronousTestCase):
                     break
         assert finished
         assert bytes(pair.client.received) == payload
+
+    def test_tls_backpressure_pauses_the_producer_until_the_handshake_completes(self) -> None:
+        """Ours only: Twisted's layer has no limit on what waits for the handshake."""
+        producer = Recorder()
+        client = App()
+
+        def made() -> None:
+            client.transport.registerProducer(producer, True)  # type: ignore[union-attr]
+            client.transport.write(b"x" * 1500)  # type: ignore[union-attr]
+
+        client.connectionMade = made  # type: ignore[method-assign]
+        pair = connect("membio", client_app=client, send_buffer_limit=1000)
+        # connect() pumped the handshake through: paused while waiting, then resumed.
+        assert producer.calls == ["pause", "resume"]
+        assert bytes(pair.server.received) == b"x" * 1500
