@@ -49,7 +49,7 @@ __all__ = [
     "MAX_WORKERS",
     "AdoptedSocketEndpoint",
     "WorkerPool",
-    "http_connection_idle",
+    "close_idle_http",
     "listening_socket",
 ]
 
@@ -77,6 +77,8 @@ _FIRST_DELAY: Final = 0.5
 _MAX_DELAY: Final = 30.0
 #: What the parent adds to the grace period before it kills workers.
 _KILL_MARGIN: Final = 5.0
+#: Signals that stop a worker (gracefully).
+_STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
 #: prctl(2) operation: the signal a process gets when its parent dies.
 _PR_SET_PDEATHSIG: Final = 1
 
@@ -116,22 +118,36 @@ class AdoptedSocketEndpoint:
         )
 
 
-def http_connection_idle(protocol: Any) -> bool:
+def close_idle_http(protocol: Any) -> bool:
     """
-    Whether the HTTP connection under the TLS layer C{protocol} is between
-    requests (so closing it loses nothing), for `WorkerPool`'s ``is_idle``.
+    For `WorkerPool`'s ``close_idle``: close the HTTP connection under the
+    TLS layer C{protocol} if it is between requests (so that nothing is
+    lost), and say whether it was.
     """
     channel = getattr(protocol, "wrappedProtocol", protocol)
     # twisted.web wraps HTTP/1.1 and HTTP/2 channels in a proxy that picks
     # one after ALPN; the chosen channel is its _channel.
     channel = getattr(channel, "_channel", channel)
     requests = getattr(channel, "requests", None)
-    if isinstance(requests, list):
-        return not requests
     streams = getattr(channel, "streams", None)
-    if isinstance(streams, dict):
-        return not streams
-    return False
+    if isinstance(requests, list):
+        idle = not requests
+    elif isinstance(streams, dict):
+        idle = not streams
+    else:
+        return False
+    if not idle:
+        return False
+    # Channels register themselves as their transport's producer, and a
+    # transport with a producer waits for it before closing: HTTP/1.1
+    # channels unregister in their own loseConnection, others are helped.
+    close = getattr(channel, "loseConnection", None)
+    if close is not None:
+        close()
+    else:
+        protocol.loseConnection()
+        protocol.unregisterProducer()
+    return True
 
 
 #: What a worker runs: given its own reactor and the shared sockets, start
@@ -154,9 +170,10 @@ class WorkerPool(Service):
         twistd drops privileges), to create the shared listening sockets.
     @param start_worker: called in each worker, with the worker's fresh
         reactor (already installed as the global one) and the sockets.
-    @param is_idle: tells whether a connection (the TLS protocol) can be
-        closed at once when stopping; by default none can, and connections
-        are given the whole grace period to end.
+    @param close_idle: when stopping, called for each connection (the TLS
+        protocol) until it ends: closes it if it is idle (between requests)
+        and says whether it did; by default connections are given the whole
+        grace period to end by themselves.
     @param announce: called in the parent once the sockets exist.
     """
 
@@ -169,7 +186,7 @@ class WorkerPool(Service):
         count: int,
         *,
         grace: float = DEFAULT_GRACE,
-        is_idle: Callable[[Any], bool] | None = None,
+        close_idle: Callable[[Any], bool] | None = None,
         announce: Callable[[Sequence[socket.socket]], None] | None = None,
         system: str = "membio",
     ) -> None:
@@ -179,7 +196,7 @@ class WorkerPool(Service):
         self._start_worker = start_worker
         self.count = count
         self.grace = grace
-        self._is_idle = is_idle
+        self._close_idle = close_idle
         self._announce = announce
         self._system = system
         self.sockets: list[socket.socket] = []
@@ -228,9 +245,15 @@ class WorkerPool(Service):
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        pid = os.fork()
-        if pid == 0:
-            self._become_worker(index)
+        # Stop signals stay blocked in the new worker until its own reactor
+        # handles them: one arriving while it starts then drains it too.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker(index)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.workers[index] = _Worker(index, pid, time.monotonic())
         _log.info(
             "worker {index} started (pid {pid})", index=index, pid=pid, log_system=self._system
@@ -360,6 +383,7 @@ class WorkerPool(Service):
             )
             return 1
         reactor.addSystemEventTrigger("before", "shutdown", self._drain, reactor, ports, system)
+        reactor.callWhenRunning(_stop_once_on_signals, reactor)
         reactor.run()
         return 0
 
@@ -369,7 +393,8 @@ class WorkerPool(Service):
         stopping = DeferredList([port.stopListening() for port in ports])  # type: ignore[misc]
         deadline = reactor.seconds() + self.grace
         done: Deferred[None] = Deferred()
-        is_idle = self._is_idle
+        close_idle = self._close_idle
+        closed: set[int] = set()
 
         def connections() -> list[Any]:
             found: list[Any] = []
@@ -382,10 +407,10 @@ class WorkerPool(Service):
         def check() -> None:
             nonlocal announced
             remaining = connections()
-            if is_idle is not None:
+            if close_idle is not None:
                 for protocol in remaining:
-                    if is_idle(protocol):
-                        protocol.loseConnection()
+                    if id(protocol) not in closed and close_idle(protocol):
+                        closed.add(id(protocol))
             if not remaining:
                 done.callback(None)
                 return
@@ -408,6 +433,25 @@ class WorkerPool(Service):
 
         stopping.addCallback(lambda _: check())
         return done
+
+
+def _stop_once_on_signals(reactor: Any) -> None:
+    """
+    SIGTERM or SIGINT stop the worker; more of them while it drains are
+    ignored (Twisted's own handler would log a ReactorNotRunning traceback
+    for each: the parent's SIGTERM and a terminal's SIGINT often both come).
+    """
+    stopping = False
+
+    def stop(number: int, frame: Any) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            reactor.callFromThread(reactor.stop)
+
+    for number in _STOP_SIGNALS:
+        signal.signal(number, stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 def _describe_status(status: int) -> str:
@@ -580,7 +624,7 @@ def https_service(options: Any) -> WorkerPool:
         start_worker,
         options["workers"],
         grace=options["grace"],
-        is_idle=http_connection_idle,
+        close_idle=close_idle_http,
         announce=announce,
         system="membio-https",
     )

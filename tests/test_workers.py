@@ -1,0 +1,316 @@
+"""
+Scaling out on one machine: ``membio-https --workers N`` (and
+``membio-tls --workers N``) as real processes.
+
+Sessions resume on whichever worker accepts the reconnection (the TLS
+context, and with it the ticket keys, is created before the workers are
+forked); a worker killed with SIGKILL is replaced and service goes on;
+SIGTERM stops accepting, closes idle connections at once and lets a slow
+download finish.  Also: systemd socket activation through the ``systemd:``
+endpoint, as the README's deployment section describes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from membio_transport import tap
+from membio_transport._certs import ensure_certificate
+
+from ._deploy_helpers import (
+    TLSClient,
+    backend,
+    children,
+    echo_handler,
+    membio_tls_command,
+    socket_owner,
+)
+from ._plugin_helpers import Server, free_port, running, subprocess_env, twistd_command
+
+WORKER = r"worker (\d+) started \(pid (\d+)\)"
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "home" / "state"))
+    monkeypatch.delenv("MEMBIO_KEY_PASSWORD", raising=False)
+
+
+@contextmanager
+def https_workers(
+    tmp_path: Path, count: int, *extra: str
+) -> Iterator[tuple[Server, int, Path]]:
+    """``membio-https --workers count``; yields once every worker has started."""
+    port, cert_dir = free_port(), tmp_path / "certs"
+    command = [
+        *twistd_command(), "-n", "--pidfile=", "membio-https", "--port", str(port),
+        "--cert-dir", str(cert_dir), "--workers", str(count), *extra,
+    ]
+    with running(command, tmp_path, subprocess_env(tmp_path / "home")) as server:
+        server.wait_for_log(r"ready: open https://localhost:")
+        wait_for_workers(server, count)
+        server.wait_for_port(port)
+        yield server, port, cert_dir / "local-ca.pem"
+
+
+def worker_pids(server: Server) -> dict[int, int]:
+    """The newest pid of every worker index, from the log."""
+    return {int(index): int(pid) for index, pid in re.findall(WORKER, server.stdout)}
+
+
+def wait_for_workers(server: Server, count: int, timeout: float = 20.0) -> dict[int, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = worker_pids(server)
+        alive = set(children(server.process.pid))
+        if len(pids) == count and set(pids.values()) <= alive:
+            return pids
+        if time.monotonic() > deadline or server.process.poll() is not None:
+            raise AssertionError(f"workers {pids}, children {alive}\n{server.describe()}")
+        time.sleep(0.05)
+
+
+def _context(ca: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca))
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
+    return context
+
+
+def fetch(
+    port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None,
+    owners: list[int] | None = None, path: str = "/",
+) -> tuple[bytes, ssl.SSLSession | None, bool, int | None]:
+    """
+    GET C{path} on a new connection; returns the body, the session (now with
+    its ticket), whether it was resumed, and which of C{owners} served it.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+        owner = socket_owner(port, tls.getsockname()[1], owners) if owners else None
+        tls.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+        return data.partition(b"\r\n\r\n")[2], tls.session, tls.session_reused, owner
+
+
+# ------------------------------------------------------------------ options
+
+
+def test_workers_options_are_checked(tmp_path: Path) -> None:
+    def error_of(*arguments: str) -> str:
+        with pytest.raises(SystemExit) as raised:
+            tap.Options().parseOptions(["--cert-dir", str(tmp_path / "c"), *arguments])
+        return str(raised.value.code)
+
+    assert "--workers 'two' is not a number" in error_of("--workers", "two")
+    assert "out of range" in error_of("--workers", "100000")
+    assert "--grace" in error_of("--workers", "2", "--grace", "-1")
+    assert "--listen and --redirect-http are not supported" in error_of(
+        "--workers", "2", "--listen", "tcp:0"
+    )
+    options = tap.Options()
+    options.parseOptions(["--cert-dir", str(tmp_path / "c"), "--workers", "3", "--grace", "2.5"])
+    assert (options["workers"], options["grace"]) == (3, 2.5)
+    assert type(tap.makeService(options)).__name__ == "WorkerPool"
+
+
+# ------------------------------------------------------------------ sessions
+
+
+@pytest.mark.integration
+def test_sessions_resume_on_every_worker(tmp_path: Path) -> None:
+    with https_workers(tmp_path, 2) as (server, port, ca):
+        pids = list(wait_for_workers(server, 2).values())
+        context = _context(ca)
+        body, session, resumed, first = fetch(port, context, owners=pids)
+        assert b"TLS" in body and not resumed and session is not None
+        served: Counter[int | None] = Counter([first])
+        outcomes = []
+        for _ in range(30):
+            _, _, resumed, owner = fetch(port, context, session, pids)
+            outcomes.append(resumed)
+            served[owner] += 1
+        assert all(outcomes), f"{outcomes.count(False)} of 30 reconnections were not resumed"
+        # The kernel hands connections to whichever worker accepts first:
+        # both get some, and the other one resumes the session too.
+        assert set(served) == set(pids), served
+
+
+# ------------------------------------------------------------------ supervision
+
+
+@pytest.mark.integration
+def test_a_killed_worker_is_replaced_and_service_continues(tmp_path: Path) -> None:
+    with https_workers(tmp_path, 2) as (server, port, ca):
+        before = wait_for_workers(server, 2)
+        context = _context(ca)
+        _, session, _, _ = fetch(port, context)
+        os.kill(before[0], signal.SIGKILL)
+        # Service goes on while worker 0 is being replaced.
+        for _ in range(10):
+            body, _, _, _ = fetch(port, context)
+            assert b"TLS" in body
+        server.wait_for_log(rf"worker 0 \(pid {before[0]}\) was killed by SIGKILL")
+        deadline = time.monotonic() + 10
+        while worker_pids(server)[0] == before[0]:
+            assert time.monotonic() < deadline, server.describe()
+            time.sleep(0.05)
+        after = wait_for_workers(server, 2)
+        assert after[1] == before[1] and after[0] != before[0]
+        assert sorted(children(server.process.pid)) == sorted(after.values())
+        # The new worker was forked from the same parent: same ticket keys.
+        resumed_on = Counter()
+        for _ in range(20):
+            _, _, resumed, owner = fetch(port, context, session, list(after.values()))
+            assert resumed
+            resumed_on[owner] += 1
+        assert after[0] in resumed_on, resumed_on
+
+
+# ------------------------------------------------------------------ graceful stop
+
+
+@pytest.mark.integration
+def test_sigterm_lets_a_slow_download_finish_and_closes_idle_connections(
+    tmp_path: Path,
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    big = os.urandom(12 * 1024 * 1024)
+    (site / "big.bin").write_bytes(big)
+    (site / "index.html").write_text("hello\n")
+    with https_workers(tmp_path, 2, "--path", str(site), "--grace", "15") as (server, port, ca):
+        context = _context(ca)
+        # An idle keep-alive connection, between requests.
+        idle = context.wrap_socket(
+            socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost"
+        )
+        idle.sendall(b"GET /index.html HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+        # A download read at about 4 MB/s: 3 s in all.
+        download = context.wrap_socket(
+            socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost"
+        )
+        download.sendall(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        received = download.recv(65536)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        idle_closed_after = None
+        idle.settimeout(0.01)
+        while True:
+            time.sleep(0.05)
+            # About 200 KB per 50 ms (a read returns one TLS record at most).
+            chunk = b"\0"
+            budget = 200_000
+            while budget > 0 and chunk:
+                chunk = download.recv(65536)
+                received += chunk
+                budget -= len(chunk)
+            if not chunk:
+                break
+            if idle_closed_after is None:
+                try:
+                    if idle.recv(1) == b"":
+                        idle_closed_after = time.monotonic() - started
+                except TimeoutError:
+                    pass
+        took = time.monotonic() - started
+        download.close()
+        idle.close()
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert len(body) == len(big), (len(body), took)
+        assert hashlib.sha256(body).digest() == hashlib.sha256(big).digest()
+        assert took > 1.5, "the download was not slow: the test proves nothing"
+        assert idle_closed_after is not None and idle_closed_after < 1.5, idle_closed_after
+        # No longer accepting while the download was finishing.
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        # twistd ends by re-raising the signal that stopped it.
+        assert server.process.wait(15) in (0, -signal.SIGTERM), server.describe()
+    assert "grace period over" not in server.stdout
+    assert "waiting up to 15s for" in server.stdout
+
+
+# ------------------------------------------------------------------ membio-tls
+
+
+@pytest.mark.integration
+def test_membio_tls_with_workers_relays_from_every_worker(tmp_path: Path) -> None:
+    port, cert_dir = free_port(), tmp_path / "certs"
+    with backend(echo_handler) as echo:
+        command = membio_tls_command(
+            twistd_command(), "--port", str(port), "--backend", echo.endpoint,
+            "--cert-dir", str(cert_dir), "--workers", "2",
+        )
+        with running(command, tmp_path, subprocess_env(tmp_path / "home")) as server:
+            pids = list(wait_for_workers(server, 2).values())
+            server.wait_for_port(port)
+            served = Counter()
+            for index in range(16):
+                client = TLSClient(port, cert_dir / "local-ca.pem")
+                try:
+                    served[socket_owner(port, client.address[1], pids)] += 1
+                    client.send(b"message %d" % index)
+                    client.close_notify()
+                    assert client.read_to_end() == (b"message %d" % index, "close_notify")
+                finally:
+                    client.close()
+            assert set(served) == set(pids), served
+
+
+# ------------------------------------------------------------------ systemd
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None, reason="needs systemd-socket-activate"
+)
+@pytest.mark.parametrize("selector", ["name=https", "index=0"])
+def test_systemd_socket_activation(tmp_path: Path, selector: str) -> None:
+    """
+    ``systemd-socket-activate`` stands in for a .socket unit: it listens, then
+    starts membio-https with the socket as fd 3 and LISTEN_FDS/LISTEN_FDNAMES.
+    """
+    port, cert_dir = free_port(), tmp_path / "certs"
+    # Made now: membio-https starts only when the first client connects.
+    ensure_certificate(cert_dir, ())
+    activate = shutil.which("systemd-socket-activate")
+    assert activate is not None
+    # It starts the program with a clean environment, as systemd does: pass
+    # on what the test environment needs with -E.
+    command = [
+        activate, "-l", f"127.0.0.1:{port}", "--fdname=https",
+        *[f"-E{name}" for name in ("PYTHONPATH", "HOME", "XDG_STATE_HOME", "PYTHONUNBUFFERED")],
+        *twistd_command(), "-n",
+        "--pidfile=", "membio-https", "--cert-dir", str(cert_dir),
+        "--listen", f"systemd:domain=INET:{selector}",
+    ]
+    with running(command, tmp_path, subprocess_env(tmp_path / "home")) as server:
+        # It starts the program when the first connection arrives; that
+        # connection waits in the socket's queue and is served by twistd.
+        deadline = time.monotonic() + 10
+        while f"127.0.0.1:{port}" not in server.stderr:
+            assert time.monotonic() < deadline and server.process.poll() is None, server.describe()
+            time.sleep(0.05)
+        body, _, _, _ = fetch(port, _context(cert_dir / "local-ca.pem"))
+        assert b"TLS" in body
+        server.wait_for_log(rf"ready: open https://localhost:{port}/")
+        assert server.stop() in (0, -signal.SIGTERM), server.describe()
