@@ -568,9 +568,10 @@ def test_reload_when_files_change(tmp_path: Path) -> None:
     ca = make_ca("reload CA")
     ca_file = _write_pem(tmp_path / "ca.pem", ca.cert_pem)
     first, second = issue(ca, ["localhost"]), issue(ca, ["localhost"])
-    directory = tmp_path / "tls"
+    directory, sni_dir = tmp_path / "tls", tmp_path / "sni"
+    sni_dir.mkdir()
     cert, _ = first.write(directory, "server", combined=True)
-    arguments = ["--cert", str(cert), "--reload-interval", "0.2"]
+    arguments = ["--cert", str(cert), "--sni-dir", str(sni_dir), "--reload-interval", "0.2"]
     with membio_https(tmp_path, *arguments, ca=ca_file) as server:
         context = client_context(ca_file)
         assert _fingerprint_of(server, context) == first.fingerprint
@@ -580,6 +581,34 @@ def test_reload_when_files_change(tmp_path: Path) -> None:
         server.wait_for_log(rf"certificates reloaded \(.*changed\).*{second.fingerprint}")
         assert server.log.count("certificate reload (") == 1
         assert _fingerprint_of(server, context) == second.fingerprint
+        # A certificate added to --sni-dir is served for its name.
+        added = issue(ca, ["added.test"])
+        added.write(sni_dir, "added.test")
+        server.wait_for_log(r"certificates reloaded \(.*sni.*changed\).*1 SNI certificate")
+        assert https_get(server.port, context, host="added.test").peer_fingerprint == (
+            added.fingerprint
+        )
+        assert _fingerprint_of(server, context) == second.fingerprint
+
+
+def test_repeated_cert_and_key_pairs_select_by_sni(tmp_path: Path) -> None:
+    ca = make_ca("pairs CA")
+    ca_file = _write_pem(tmp_path / "ca.pem", ca.cert_pem)
+    default, other = issue(ca, ["localhost"]), issue(ca, ["other.test", "*.other.test"], kind="rsa")
+    default_cert, default_key = default.write(tmp_path, "default")
+    other_cert, other_key = other.write(tmp_path, "other")
+    with membio_https(
+        tmp_path, "--cert", str(default_cert), "--key", str(default_key),
+        "--cert", str(other_cert), "--key", str(other_key), ca=ca_file,
+    ) as server:
+        context = client_context(ca_file)
+        assert https_get(server.port, context).peer_fingerprint == default.fingerprint
+        for name in ("other.test", "www.other.test"):
+            response = https_get(server.port, context, host=name)
+            assert response.peer_fingerprint == other.fingerprint, name
+        out = openssl_client(server.port, "-CAfile", str(ca_file), servername="other.test")
+        assert "subject=CN = other.test" in out and "Verification: OK" in out, out
+        assert re.search(r"SNI other\.test, \*\.other\.test: .*other\.pem", server.log)
 
 
 # --------------------------------------------------------------------- listen backlog
@@ -594,6 +623,23 @@ def test_listen_backlog_is_511(main_server: MembioServer) -> None:
         pytest.skip(f"ss failed: {listing.stderr}")
     fields = listing.stdout.split()
     assert fields[0] == "LISTEN" and fields[2] == "511", listing.stdout
+
+
+def test_listen_and_membio_endpoints_get_the_backlog_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from twisted.internet import reactor
+
+    from membio_transport._endpoint import parse_server
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    options = tap.Options()
+    options.parseOptions(["--listen", "tcp:0", "--listen", "tcp:0:backlog=7"])
+    inner = [listener.endpoint.wrapped for listener in options["listeners"]]
+    assert [endpoint._backlog for endpoint in inner] == [511, 7]
+    endpoint = parse_server(reactor, "0", certDir=str(tmp_path / "certs"))
+    assert endpoint.wrapped._backlog == 511  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------- options
