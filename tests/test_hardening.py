@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -615,6 +616,8 @@ def test_repeated_cert_and_key_pairs_select_by_sni(tmp_path: Path) -> None:
 
 
 def test_listen_backlog_is_511(main_server: MembioServer) -> None:
+    if shutil.which("ss") is None:
+        pytest.skip("ss (Debian package iproute2) is not installed")
     listing = subprocess.run(
         ["ss", "-ltnH", f"sport = :{main_server.port}"], capture_output=True, text=True,
         timeout=10, check=False,
