@@ -50,9 +50,6 @@ from ._abuse_helpers import (
     wait_until,
 )
 
-pytestmark = pytest.mark.integration
-
-
 # --------------------------------------------------------------------- fixtures
 
 
@@ -137,6 +134,7 @@ INTERMEDIATE_TLS12_RSA = (
 TLS13_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
 
 
+@pytest.mark.integration
 def test_intermediate_accepts_each_ecdhe_aead_suite(main_server: MembioServer) -> None:
     for cipher in INTERMEDIATE_TLS12_ECDSA:
         out = _s_client(main_server, "-tls1_2", "-cipher", cipher)
@@ -164,6 +162,7 @@ def test_intermediate_accepts_each_ecdhe_aead_suite(main_server: MembioServer) -
         ("localhost", "-ciphersuites", "TLS_AES_128_CCM_8_SHA256", "TLS 1.3 CCM_8"),
     ],
 )
+@pytest.mark.integration
 def test_intermediate_refuses_weak_suites(
     main_server: MembioServer, servername: str, option: str, cipher: str, why: str
 ) -> None:
@@ -177,6 +176,7 @@ def test_intermediate_refuses_weak_suites(
     assert "alert handshake failure" in out, out
 
 
+@pytest.mark.integration
 def test_intermediate_groups(main_server: MembioServer) -> None:
     # TLS 1.3: the ECDSA P-256 certificate constrains nothing.
     for group, shown in (("X25519", "X25519"), ("P-256", "prime256v1"), ("P-384", "secp384r1")):
@@ -216,12 +216,14 @@ def _pyopenssl_group(port: int, groups: str) -> str | None:
         return connection.get_group_name()
 
 
+@pytest.mark.integration
 def test_intermediate_offers_the_hybrid_post_quantum_group(main_server: MembioServer) -> None:
     assert _pyopenssl_group(main_server.port, "X25519MLKEM768") == "X25519MLKEM768"
     assert _pyopenssl_group(main_server.port, "X25519MLKEM768:X25519") == "X25519MLKEM768"
     assert _pyopenssl_group(main_server.port, "SecP384r1MLKEM1024") is None
 
 
+@pytest.mark.integration
 def test_intermediate_versions_and_compression(main_server: MembioServer) -> None:
     for version in ("-tls1", "-tls1_1"):
         out = _s_client(main_server, version, "-cipher", "ALL:@SECLEVEL=0")
@@ -249,6 +251,7 @@ def modern_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MembioSe
         yield server
 
 
+@pytest.mark.integration
 def test_modern_is_tls13_only(modern_server: MembioServer) -> None:
     assert "TLS profile modern" in modern_server.log
     out = _s_client(modern_server, "-tls1_2")
@@ -272,6 +275,7 @@ def test_modern_is_tls13_only(modern_server: MembioServer) -> None:
     [("-tls1_3", True), ("-tls1_2", True), ("-tls1_2", False)],
     ids=["tls1.3-ticket", "tls1.2-ticket", "tls1.2-session-id"],
 )
+@pytest.mark.integration
 def test_openssl_client_resumes(
     main_server: MembioServer, tmp_path: Path, version: str, ticket: bool
 ) -> None:
@@ -289,6 +293,7 @@ def test_openssl_client_resumes(
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.integration
 def test_python_client_resumes(
     main_server: MembioServer, trusting: ssl.SSLContext, version: ssl.TLSVersion
 ) -> None:
@@ -300,6 +305,7 @@ def test_python_client_resumes(
     assert second.status == 200
 
 
+@pytest.mark.integration
 def test_client_initiated_renegotiation_is_refused(main_server: MembioServer) -> None:
     process = subprocess.Popen(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{main_server.port}", "-servername",
@@ -324,6 +330,7 @@ def test_client_initiated_renegotiation_is_refused(main_server: MembioServer) ->
 # --------------------------------------------------------------------- HTTP headers
 
 
+@pytest.mark.integration
 def test_hsts_and_security_headers(main_server: MembioServer) -> None:
     response = https_get(main_server.port, client_context(main_server.ca))
     headers = response.headers
@@ -342,6 +349,7 @@ def test_hsts_and_security_headers(main_server: MembioServer) -> None:
     assert "default-src 'none'" in missing.headers["content-security-policy"]
 
 
+@pytest.mark.integration
 def test_html_page_style_matches_its_csp_hash(main_server: MembioServer) -> None:
     import base64
     import hashlib
@@ -361,6 +369,7 @@ def test_html_page_style_matches_its_csp_hash(main_server: MembioServer) -> None
 # --------------------------------------------------------------------- SNI and ALPN
 
 
+@pytest.mark.integration
 def test_sni_selects_certificates(
     main_server: MembioServer, pki: PKI, trusting: ssl.SSLContext
 ) -> None:
@@ -394,6 +403,7 @@ def _alpn_of(server: MembioServer, offered: list[str]) -> str | None:
     return response.alpn
 
 
+@pytest.mark.integration
 def test_alpn_is_configurable(main_server: MembioServer, modern_server: MembioServer) -> None:
     assert "ALPN http/1.1;" in main_server.log
     assert _alpn_of(main_server, ["h2", "http/1.1"]) == "http/1.1"
@@ -402,6 +412,7 @@ def test_alpn_is_configurable(main_server: MembioServer, modern_server: MembioSe
     assert _alpn_of(modern_server, ["http/1.1"]) is None
 
 
+@pytest.mark.integration
 def test_alpn_h2_when_twisted_speaks_it(tmp_path: Path) -> None:
     from twisted.web import http
 
@@ -420,6 +431,7 @@ def _with_client_cert(context: ssl.SSLContext, pki: PKI, who: str) -> ssl.SSLCon
     return context
 
 
+@pytest.mark.integration
 def test_optional_client_certificate(main_server: MembioServer, pki: PKI) -> None:
     anonymous = https_get(main_server.port, client_context(main_server.ca))
     assert page_field(anonymous.body, "Client certificate").startswith("none presented")
@@ -447,6 +459,7 @@ def mtls_server(tmp_path_factory: pytest.TempPathFactory, pki: PKI) -> Iterator[
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.integration
 def test_required_client_certificate(
     mtls_server: MembioServer, pki: PKI, version: ssl.TLSVersion
 ) -> None:
@@ -472,6 +485,7 @@ def test_required_client_certificate(
     assert any("certificate" in line for line in lines), lines
 
 
+@pytest.mark.integration
 def test_required_client_certificate_with_curl(mtls_server: MembioServer, pki: PKI) -> None:
     url = f"https://localhost:{mtls_server.port}/"
     refused = curl("--cacert", str(mtls_server.ca), url)
@@ -487,6 +501,7 @@ def test_required_client_certificate_with_curl(mtls_server: MembioServer, pki: P
 # --------------------------------------------------------------------- key log
 
 
+@pytest.mark.integration
 def test_sslkeylogfile(main_server: MembioServer) -> None:
     keylog = main_server.extra["keylog"]
     assert isinstance(keylog, Path)
@@ -517,6 +532,7 @@ def _fingerprint_of(server: MembioServer, context: ssl.SSLContext) -> str:
     return https_get(server.port, context).peer_fingerprint
 
 
+@pytest.mark.integration
 def test_reload_on_sighup(tmp_path: Path) -> None:
     ca = make_ca("reload CA")
     ca_file = _write_pem(tmp_path / "ca.pem", ca.cert_pem)
@@ -565,6 +581,7 @@ def test_reload_on_sighup(tmp_path: Path) -> None:
         assert server.alive()
 
 
+@pytest.mark.integration
 def test_reload_when_files_change(tmp_path: Path) -> None:
     ca = make_ca("reload CA")
     ca_file = _write_pem(tmp_path / "ca.pem", ca.cert_pem)
@@ -592,6 +609,7 @@ def test_reload_when_files_change(tmp_path: Path) -> None:
         assert _fingerprint_of(server, context) == second.fingerprint
 
 
+@pytest.mark.integration
 def test_repeated_cert_and_key_pairs_select_by_sni(tmp_path: Path) -> None:
     ca = make_ca("pairs CA")
     ca_file = _write_pem(tmp_path / "ca.pem", ca.cert_pem)
@@ -615,6 +633,7 @@ def test_repeated_cert_and_key_pairs_select_by_sni(tmp_path: Path) -> None:
 # --------------------------------------------------------------------- listen backlog
 
 
+@pytest.mark.integration
 def test_listen_backlog_is_511(main_server: MembioServer) -> None:
     if shutil.which("ss") is None:
         pytest.skip("ss (Debian package iproute2) is not installed")
@@ -703,3 +722,118 @@ def test_certificate_pairs_and_bare_hsts(tmp_path: Path, monkeypatch: pytest.Mon
     options = tap.Options()
     options.parseOptions(["--hsts=0", "--cert-dir", str(tmp_path / "certs"), "--port", "0"])
     assert options["hsts_max_age"] == 0
+
+
+# --------------------------------------------------------------------- in-process units
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, object]) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield lines
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+
+def test_connection_limit_logs_one_line_per_burst(log_lines: list[str]) -> None:
+    from twisted.internet.task import Clock
+
+    from membio_transport._limits import BURST_GAP, BURST_REPORT_EVERY, ConnectionLimit
+
+    clock = Clock()
+    limit = ConnectionLimit(2, clock=clock)
+    limit.stats.active = 2
+    for _ in range(5):
+        assert not limit.admit()
+        clock.advance(0.1)
+    clock.advance(BURST_GAP)
+    refused = [line for line in log_lines if "over --max-connections" in line]
+    assert refused == ["refused 5 connection(s) over --max-connections 2 in 0.4s (5 since start)"]
+    limit.stats.active = 1
+    assert limit.admit()
+    # A flood that never pauses is reported every BURST_REPORT_EVERY seconds.
+    limit.stats.active = 2
+    for _ in range(int(BURST_REPORT_EVERY * 2 / 0.5)):
+        limit.admit()
+        clock.advance(0.5)
+    clock.advance(BURST_GAP * 2)
+    refused = [line for line in log_lines if "over --max-connections" in line]
+    assert len(refused) == 1 + 2, refused
+    assert limit.refused == 5 + int(BURST_REPORT_EVERY * 2 / 0.5)
+    limit.stop()
+
+
+def test_reloader_polls_and_keeps_the_old_context_on_failure(
+    tmp_path: Path, log_lines: list[str]
+) -> None:
+    from twisted.internet.task import Clock
+
+    from membio_transport._certs import load_certificate
+    from membio_transport._reload import CertificateReloader
+    from membio_transport._sni import TLSSetup
+
+    ca = make_ca("unit CA")
+    cert, key = issue(ca, ["localhost"]).write(tmp_path, "server")
+    setup = TLSSetup(default=lambda: load_certificate(cert, key))
+    options, built = setup.options()
+    clock = Clock()
+    reloader = CertificateReloader(
+        setup, options, built, interval=1.0, clock=clock, handle_sighup=False
+    )
+    reloader.startService()
+    try:
+        first = options.context
+        clock.advance(1)
+        assert options.context is first and reloader.reloads == 0  # nothing changed
+        cert.write_bytes(b"not a certificate")
+        clock.advance(1)
+        clock.advance(1)
+        clock.advance(1)
+        assert options.context is first and reloader.failures == 1  # one try per change
+        assert sum("certificate reload" in line for line in log_lines) == 1
+        replacement = issue(ca, ["localhost"])
+        replacement.write(tmp_path, "server")
+        clock.advance(1)
+        assert options.context is not first and reloader.reloads == 1
+        assert replacement.fingerprint in log_lines[-1]
+    finally:
+        reloader.stopService()
+    assert not clock.getDelayedCalls()
+
+
+def test_sni_lookup_rules(tmp_path: Path) -> None:
+    from membio_transport._certs import load_certificate
+    from membio_transport._sni import CertificateFiles, TLSSetup
+
+    ca = make_ca("unit CA")
+    default_files = issue(ca, ["www.example.test", "localhost"]).write(tmp_path, "default")
+    wild = issue(ca, ["*.example.test"]).write(tmp_path / "sni", "*.example.test")
+    named = issue(ca, ["api.example.test"]).write(tmp_path / "sni", "api.example.test")
+    setup = TLSSetup(
+        default=lambda: load_certificate(*default_files),
+        extra=[CertificateFiles(*named)],
+        sni_dir=None,
+    )
+    built = setup.load()
+    api = built.others[0][1]
+    assert built.context_for("api.example.test") is api
+    assert built.context_for("API.EXAMPLE.TEST.") is api
+    assert built.context_for("www.example.test") is built.context
+    setup = TLSSetup(default=lambda: load_certificate(*default_files), sni_dir=wild[0].parent)
+    built = setup.load()
+    by_file = {str(cert.cert_path): context for cert, context in built.others}
+    wildcard = by_file[str(wild[0])]
+    # The default certificate's exact name beats another file's wildcard.
+    assert built.context_for("www.example.test") is built.context
+    assert built.context_for("other.example.test") is wildcard
+    assert built.context_for("a.b.example.test") is built.context
+    assert built.context_for("example.test") is built.context
+    assert built.context_for("api.example.test") is by_file[str(named[0])]
