@@ -803,9 +803,21 @@ def test_directory_given_as_a_user_file_is_refused(user_files: _UserFiles) -> No
     _assert_one_line_naming(raised.value, directory, "cannot read")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_user_file_is_refused(user_files: _UserFiles) -> None:
+def test_unreadable_user_file_is_refused(
+    user_files: _UserFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
     user_files.cert.chmod(0)
+    if os.geteuid() == 0:
+        # Root reads files whatever their mode: make the kernel's answer for
+        # an ordinary user happen anyway.
+        real_read = Path.read_bytes
+
+        def read_bytes(path: Path) -> bytes:
+            if path == user_files.cert:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_read(path)
+
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
     with pytest.raises(CertificateError) as raised:
         load_certificate(user_files.cert, user_files.key, now=T0 + DAY)
     _assert_one_line_naming(raised.value, user_files.cert, "Permission denied")
