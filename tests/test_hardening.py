@@ -419,8 +419,16 @@ def test_alpn_h2_when_twisted_speaks_it(tmp_path: Path) -> None:
     if not getattr(http, "H2_ENABLED", False):
         pytest.skip("twisted.web has no HTTP/2 here (pip install 'twisted[http2]')")
     with membio_https(tmp_path, "--alpn", "h2,http/1.1") as server:
-        assert _alpn_of(server, ["http/1.1", "h2"]) == "h2"
+        assert "ALPN h2, http/1.1;" in server.log
+        context = client_context(server.ca, alpn=["http/1.1", "h2"])
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.selected_alpn_protocol() == "h2"  # the server's preference
         assert _alpn_of(server, ["http/1.1"]) == "http/1.1"
+        page = curl("--http2", "--cacert", str(server.ca), f"https://localhost:{server.port}/")
+        assert page.returncode == 0, page.stderr
+        assert page_field(page.stdout.encode(), "ALPN protocol") == "h2"
+        assert page_field(page.stdout.encode(), "HTTP version") == "HTTP/2"
 
 
 # --------------------------------------------------------------------- client certificates
