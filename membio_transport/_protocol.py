@@ -12,7 +12,8 @@ module only decides *when* to feed it and where its output goes:
 * Small writes made while we are already busy (inside ``dataReceived``,
   ``connectionMade``, ``handshakeCompleted``) are batched and encrypted
   together when the callback returns; small writes made from elsewhere are
-  batched until the next reactor turn.  Large writes go straight through.
+  batched until the next reactor turn.  Large writes are encrypted at once,
+  without copies, and their ciphertext leaves in bursts of up to 256 KiB.
 * Pausing this transport stops delivery at once, including records that
   already arrived: the engine simply is not asked for more events.
 
@@ -244,6 +245,10 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
             self._tls_failed(e)
         finally:
             self._busy = False
+        if self._producer is not None:
+            # Reading may have let held-back writes go (a renegotiation
+            # finished): a producer paused for them may resume.
+            self._relieve_backpressure()
         self._flush()
 
     def _handshake_completed(self) -> None:
