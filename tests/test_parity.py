@@ -436,9 +436,7 @@ class MembioParityTests(ParityTests, SynchronousTestCase):
         # cooperator bound to the global reactor, which a fake clock never runs.
         pair = connect("membio")
         payload = os.urandom(300_000)
-        path = Path(self.mktemp())
-        path.write_bytes(payload)
-        with path.open("rb") as f:
+        with io.BytesIO(payload) as f:
             done = FileSender().beginFileTransfer(f, pair.server.transport)
             finished: list[object] = []
             done.addBoth(finished.append)
