@@ -7,10 +7,10 @@ says so and checks each side's actual behaviour.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from OpenSSL import SSL
