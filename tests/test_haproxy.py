@@ -28,7 +28,7 @@ import pytest
 
 from membio_transport._certs import ensure_certificate
 
-from ._plugin_helpers import Server, free_port, running, subprocess_env, twistd_command
+from ._plugin_helpers import REPO, Server, free_port, running, subprocess_env, twistd_command
 
 
 def _haproxy() -> str | None:
@@ -47,34 +47,21 @@ pytestmark = [
     ),
 ]
 
-#: The configuration the README's deployment section shows, with ports
-#: filled in.  TCP mode: TLS is ours, end to end; HAProxy only adds the
-#: PROXY v2 header and balances.  Health checks send the PROXY header and
-#: complete a TLS handshake (check-send-proxy check-ssl), so they exercise
-#: exactly what clients do and leave no failed handshakes in our logs.
-HAPROXY_CONFIG = """\
-global
-    maxconn 1024
+#: The configuration the README's deployment section shows; the test moves
+#: its ports (8443 in front, 9443 and 9444 behind) to free ones.
+EXAMPLE_CONFIG = REPO / "examples" / "haproxy.cfg"
 
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-    # A connection refused by a server that just stopped is retried on the other.
-    retries 3
-    option redispatch
 
-frontend https_in
-    bind 127.0.0.1:{front}
-    default_backend membio
-
-backend membio
-    balance roundrobin
-    default-server send-proxy-v2 check check-send-proxy check-ssl verify none
-    server a 127.0.0.1:{a} inter 200ms fall 1 rise 1
-    server b 127.0.0.1:{b} inter 200ms fall 1 rise 1
-"""
+def haproxy_config(front: int, a: int, b: int) -> str:
+    text = EXAMPLE_CONFIG.read_text()
+    for old, new in (
+        ("bind 127.0.0.1:8443", f"bind 127.0.0.1:{front}"),
+        ("server a 127.0.0.1:9443 ", f"server a 127.0.0.1:{a} "),
+        ("server b 127.0.0.1:9444 ", f"server b 127.0.0.1:{b} "),
+    ):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    return text
 
 
 @dataclass
@@ -127,7 +114,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         for name in result.ports:
             result.start_instance(name)
         config = tmp_path / "haproxy.cfg"
-        config.write_text(HAPROXY_CONFIG.format(front=result.front, **result.ports))
+        config.write_text(haproxy_config(result.front, result.ports["a"], result.ports["b"]))
         command = [HAPROXY, "-f", str(config), "-db"]
         result.haproxy = exits.enter_context(
             running(command, tmp_path, subprocess_env(tmp_path / "home"), "haproxy")
