@@ -108,7 +108,12 @@ def answer_plain_http(
     if host is None:
         name = f"[{fallback_host}]" if ":" in fallback_host else fallback_host
         authority = name if port == 443 else f"{name}:{port}"
+    elif host.endswith(b"]") or b":" not in host:
+        # No port: the client dialled HTTP's default, which led here.
+        authority = host.decode("ascii") + ("" if port == 443 else f":{port}")
     else:
+        # The port the client dialled reaches this listener (perhaps
+        # through a port mapping), so it is the one to keep.
         authority = host.decode("ascii")
     url = f"https://{authority}{path.decode('ascii')}"
     if policy == "redirect":

@@ -142,11 +142,6 @@ def test_plain_http_on_the_tls_port_gets_an_explanation(server: MembioServer) ->
         _healthy(server)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs core: _sniff.answer_plain_http keeps a Host header without a port as is, "
-    "so the URL it gives points at port 443 instead of the port the request came in on",
-)
 def test_plain_http_without_a_port_in_host_still_names_our_port(server: MembioServer) -> None:
     answer = _plain_http(server, "localhost")
     assert f"https://localhost:{server.port}/small.txt".encode() in answer, answer

@@ -299,3 +299,20 @@ def test_an_unknown_plain_http_policy_is_refused() -> None:
         MemoryBIOTLSFactory(server_options(PKI), False, protocol.Factory(), Clock(),
                             plain_http="shout")  # type: ignore[arg-type]
 
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        (b"localhost", "https://localhost:8443/"),
+        (b"localhost:8443", "https://localhost:8443/"),
+        (b"example.test:9999", "https://example.test:9999/"),
+        (b"[::1]", "https://[::1]:8443/"),
+        (b"[::1]:8443", "https://[::1]:8443/"),
+    ],
+)
+def test_the_https_url_keeps_the_dialled_port_or_names_ours(host: bytes, url: str) -> None:
+    _response, got = answer_plain_http(
+        b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n", "explain", "127.0.0.1", 8443
+    )
+    assert got == url
