@@ -75,6 +75,8 @@ from collections import deque
 from typing import Final
 
 from OpenSSL import SSL
+from OpenSSL._util import ffi as _openssl_ffi
+from OpenSSL._util import lib as _openssl_lib
 
 from ._errors import TLSConnectionError, TLSStateError, classify
 from ._state import CAN_SEND, TLSState, check_transition
@@ -430,8 +432,28 @@ class TLSEngine:
         self._pending.clear()
         self._pending_size = 0
         self._set_state(TLSState.FAILED)
-        self._error = classify(error, handshaking=handshaking, saw_eof=self._saw_eof)
+        self._error = classify(
+            error, handshaking=handshaking, saw_eof=self._saw_eof, detail=self._verify_detail()
+        )
         return self._error
+
+    def _verify_detail(self) -> str | None:
+        """
+        Why certificate verification failed, in OpenSSL's words ("unable
+        to get local issuer certificate"), or None if it did not.
+
+        pyOpenSSL has no public call for the verify result; its binding has
+        the functions, reached through the connection's private handle.
+        """
+        get_result = getattr(_openssl_lib, "SSL_get_verify_result", None)
+        describe_code = getattr(_openssl_lib, "X509_verify_cert_error_string", None)
+        handle = getattr(self._conn, "_ssl", None)
+        if get_result is None or describe_code is None or handle is None:
+            return None
+        code = get_result(handle)
+        if code == 0:
+            return None
+        return str(_openssl_ffi.string(describe_code(code)).decode("ascii", "replace"))
 
 
 _TERMINAL: Final = frozenset({TLSState.CLOSED, TLSState.FAILED})

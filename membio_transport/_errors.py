@@ -123,14 +123,19 @@ def _is_eof(error: SSL.Error, saw_eof: bool) -> bool:
     return saw_eof and not error.args[0]
 
 
-def classify(error: SSL.Error, *, handshaking: bool, saw_eof: bool) -> TLSConnectionError:
+def classify(
+    error: SSL.Error, *, handshaking: bool, saw_eof: bool, detail: str | None = None
+) -> TLSConnectionError:
     """
     Turn an error raised by pyOpenSSL into the precise exception of ours.
 
     @param handshaking: the error happened before the handshake completed.
     @param saw_eof: the transport already told us there is no more input.
+    @param detail: what certificate verification said, if it failed.
     """
     reason = describe(error)
+    if detail and "certificate verify failed" in reason:
+        reason = f"{reason}: {detail}"
     kind: type[TLSConnectionError]
     if _is_eof(error, saw_eof):
         kind = TLSTruncationError
