@@ -1,8 +1,8 @@
 """Result rows shared by every benchmark suite, and the reports built from them.
 
 Suites measure; this module only reports.  Keeping the row type, the medians, the ratios, the
-table and the chart in one place means the in-process suite and any later suite (end-to-end over
-loopback) are summarised identically by `run.py`, and a suite never formats output itself.
+table and the chart in one place means the in-process suite and the end-to-end suite are
+summarised identically by `run.py`, and a suite never formats output itself.
 """
 
 from __future__ import annotations
@@ -17,10 +17,19 @@ from pathlib import Path
 TWISTED = "twisted"
 OURS = "ours"
 BARE = "bare"
+#: End-to-end only: the same HTTP server with no TLS at all, the ceiling for both TLS layers.
+PLAIN = "no-tls"
 
 #: Ratio columns of the table: (numerator, denominator).  A row shows its own rate divided by
-#: the baseline's, so the "ours" row carries ours/twisted and ours/bare.
-BASELINES: tuple[str, ...] = (TWISTED, BARE)
+#: the baseline's, so the "ours" row carries ours/twisted and ours/bare.  Each suite's table
+#: shows only the baselines that suite measured.
+BASELINES: tuple[str, ...] = (TWISTED, BARE, PLAIN)
+
+#: Row kinds: a rate (higher is better), a cost (lower is better: KiB per connection, latency),
+#: or information (a percentage) whose ratios are shown in the table but not charted.
+RATE = "rate"
+COST = "cost"
+INFO = "info"
 
 
 @dataclass(frozen=True)
@@ -48,9 +57,12 @@ class Row:
     work: int
     #: Rate per wall-clock second, one value per round.
     wall: tuple[float, ...]
-    #: Rate per CPU second of the benchmarking process (user + system), one value per round;
-    #: empty where the suite cannot attribute CPU time (e.g. work done in another process).
+    #: Rate per CPU second (user + system) of the process doing the work under test: the
+    #: benchmarking process in-process, the server process end-to-end.  One value per round;
+    #: empty where it means nothing (memory, latency).
     cpu: tuple[float, ...] = ()
+    #: RATE, COST or INFO (see above); for COST rows `wall` holds the cost itself.
+    kind: str = RATE
 
     @property
     def wall_median(self) -> float:
@@ -67,7 +79,7 @@ class Row:
         return (max(self.wall) - min(self.wall)) / median if median else 0.0
 
 
-def _paired(values: Sequence[float], baseline: Sequence[float]) -> float | None:
+def paired(values: Sequence[float], baseline: Sequence[float]) -> float | None:
     """Median over rounds of value / baseline in the same round, or, when the two were not
     measured in the same rounds, the ratio of their medians."""
     if not values or not baseline or not all(baseline):
@@ -93,7 +105,7 @@ def ratio(rows: Sequence[Row], row: Row, baseline: str) -> tuple[float | None, f
     )
     if base is None:
         return None, None
-    return _paired(row.wall, base.wall), _paired(row.cpu, base.cpu)
+    return paired(row.wall, base.wall), paired(row.cpu, base.cpu)
 
 
 def _num(value: float | None, width: int, digits: int) -> str:
@@ -103,32 +115,62 @@ def _num(value: float | None, width: int, digits: int) -> str:
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    """The medians-and-ratios table, one line per row, grouped by suite and workload."""
+    """The medians-and-ratios table, one line per row, grouped by suite and workload; each
+    suite gets its own header with the ratio columns of the baselines it measured."""
+    sections = []
+    for suite in dict.fromkeys(r.suite for r in rows):
+        sections.append(_format_suite([r for r in rows if r.suite == suite]))
+    return "\n\n".join(sections)
+
+
+def _format_suite(rows: Sequence[Row]) -> str:
+    names = {r.implementation for r in rows}
+    baselines = [b for b in BASELINES if b in names]
     head1 = (
-        f"{'workload':<34} {'impl':<8} {'unit':<5} {'wall':>9} {'cpu':>9} {'spread':>6}"
-        + "".join(f"   {'/' + b:^13}" for b in BASELINES)
+        f"{rows[0].suite + ':':<34} {'impl':<8} {'unit':<5} {'wall':>9} {'cpu':>9} {'spread':>6}"
+        + "".join(f"   {'/' + b:^13}" for b in baselines)
     )
     head2 = f"{'':<34} {'':<8} {'':<5} {'median':>9} {'median':>9} {'':>6}" + "".join(
-        f"   {'wall':>6} {'cpu':>6}" for _ in BASELINES
+        f"   {'wall':>6} {'cpu':>6}" for _ in baselines
     )
     lines = [head1, head2, "-" * len(head2)]
     previous: tuple[str, str] | None = None
     for row in rows:
         key = (row.suite, row.workload)
         label = row.description if key != previous else ""
-        if previous is not None and key != previous:
+        # Sub-rows of one measurement (p99, resumed share) follow without a blank line.
+        if previous is not None and key != previous and not row.description.startswith(" "):
             lines.append("")
         previous = key
         line = (
             f"{label[:34]:<34} {row.implementation:<8} {row.unit:<5} "
-            f"{_num(row.wall_median, 9, 1)} {_num(row.cpu_median, 9, 1)} "
+            f"{_num(row.wall_median, 9, 1 if row.wall_median >= 10 else 2)} "
+            f"{_num(row.cpu_median, 9, 1)} "
             f"{row.wall_spread * 100:5.1f}%"
         )
-        for baseline in BASELINES:
+        for baseline in baselines:
             wall, cpu = ratio(rows, row, baseline)
             line += f"   {_num(wall, 6, 2)} {_num(cpu, 6, 2)}"
         lines.append(line)
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One performance target checked against a run."""
+
+    name: str
+    target: str
+    measured: str
+    met: bool
+
+
+def format_verdicts(verdicts: Sequence[Verdict]) -> str:
+    width = max(len(v.target) for v in verdicts)
+    return "\n".join(
+        f"  {'MET ' if v.met else 'MISS'}  {v.name:<20} {v.target:<{width}}  measured {v.measured}"
+        for v in verdicts
+    )
 
 
 def chart_pairs(rows: Sequence[Row]) -> list[tuple[str, str]]:
@@ -143,7 +185,7 @@ def chart_pairs(rows: Sequence[Row]) -> list[tuple[str, str]]:
 
 
 def write_chart(rows: Sequence[Row], path: Path) -> None:
-    """Write a PNG bar chart of the ratios (wall and CPU) per workload.
+    """Write a PNG bar chart of the ratios (wall and CPU) per workload, one panel per suite.
 
     Needs matplotlib, a benchmark-only dependency that is imported here and nowhere else.
     """
@@ -156,46 +198,71 @@ def write_chart(rows: Sequence[Row], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pairs = chart_pairs(rows)
-    if not pairs:
+    panels: list[tuple[str, list[tuple[str, str, str]], list[tuple[str, list[float]]]]] = []
+    for suite in dict.fromkeys(r.suite for r in rows):
+        suite_rows = [r for r in rows if r.suite == suite and r.kind != INFO]
+        pairs = chart_pairs(suite_rows)
+        if not pairs:
+            continue
+        workloads: list[tuple[str, str, str]] = []
+        for r in suite_rows:
+            label = r.description.strip()
+            if r.kind == COST:
+                label += f"\n[{r.unit} ratio, lower is better]"
+            key = (r.suite, r.workload, label)
+            if key not in workloads:
+                workloads.append(key)
+        series: list[tuple[str, list[float]]] = []
+        for impl, baseline in pairs:
+            for kind in ("wall", "cpu"):
+                values: list[float] = []
+                for suite_name, workload, _ in workloads:
+                    row = next(
+                        (
+                            r
+                            for r in suite_rows
+                            if (r.suite, r.workload, r.implementation)
+                            == (suite_name, workload, impl)
+                        ),
+                        None,
+                    )
+                    wall, cpu = ratio(rows, row, baseline) if row is not None else (None, None)
+                    value = wall if kind == "wall" else cpu
+                    if row is not None and row.kind == COST and baseline == PLAIN:
+                        # Memory or latency against no TLS at all: a large number that says
+                        # nothing about the TLS layers and squashes every other bar.
+                        value = None
+                    values.append(value if value is not None else float("nan"))
+                series.append((f"{impl}/{baseline} ({kind})", values))
+        panels.append((suite, workloads, series))
+    if not panels:
         raise SystemExit("--chart: no two implementations to compare")
-    workloads: list[tuple[str, str, str]] = []
-    for r in rows:
-        key = (r.suite, r.workload, r.description)
-        if key not in workloads:
-            workloads.append(key)
-    series: list[tuple[str, list[float]]] = []
-    for impl, baseline in pairs:
-        for kind in ("wall", "cpu"):
-            values: list[float] = []
-            for suite, workload, _ in workloads:
-                row = next(
-                    (
-                        r
-                        for r in rows
-                        if (r.suite, r.workload, r.implementation) == (suite, workload, impl)
-                    ),
-                    None,
-                )
-                wall, cpu = ratio(rows, row, baseline) if row is not None else (None, None)
-                value = wall if kind == "wall" else cpu
-                values.append(value if value is not None else float("nan"))
-            series.append((f"{impl}/{baseline} ({kind})", values))
 
-    height = max(3.5, 0.55 * len(workloads) * len(series) / 2 + 2.0)
-    fig, ax = plt.subplots(figsize=(10, height))
-    bar = 0.8 / len(series)
-    for i, (label, values) in enumerate(series):
-        positions = [w + (i - (len(series) - 1) / 2) * bar for w in range(len(workloads))]
-        bars = ax.barh(positions, values, height=bar, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
-    ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_yticks(range(len(workloads)))
-    ax.set_yticklabels([f"{suite}: {desc}" for suite, _, desc in workloads], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("median over rounds of the per-round rate ratio (above 1: numerator faster)")
-    ax.set_title("TLS transport benchmark: rate ratios")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(series))
+    heights = [max(2.5, 0.3 * len(w) * len(s) + 1.2) for _, w, s in panels]
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(12, sum(heights) + 0.5),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
+    for ax, (suite, workloads, series) in zip(axes[:, 0], panels, strict=True):
+        bar = 0.8 / len(series)
+        for i, (label, values) in enumerate(series):
+            positions = [w + (i - (len(series) - 1) / 2) * bar for w in range(len(workloads))]
+            bars = ax.barh(positions, values, height=bar, label=label)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        finite = [v for _, values in series for v in values if v == v]
+        ax.set_xlim(0, max([1.0, *finite]) * 1.15)
+        ax.set_yticks(range(len(workloads)))
+        ax.set_yticklabels([f"{desc}" for _, _, desc in workloads], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"TLS transport benchmark, {suite}: ratios", fontsize=10)
+        ax.set_xlabel(
+            "median over rounds of the per-round ratio (above 1: numerator faster)", fontsize=8
+        )
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -4,7 +4,9 @@
 
 A thin driver on purpose: each suite module measures and returns `results.Row` objects, and this
 file only chooses suites, prints the environment and the table, and writes the optional chart
-and JSON.  A new suite (e.g. end-to-end over loopback) is one more entry in `SUITES`.
+and JSON.  Suites: in-process (benchmarks/inprocess.py, memory to memory) and end-to-end
+(benchmarks/endtoend.py, twistd servers over loopback driven by curl, wrk and loadgen.py).
+A new suite is one more entry in `SUITES`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,8 +25,16 @@ if not __package__:
     # Run as a script: make `benchmarks` and the checkout's `membio_transport` importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import inprocess
-from benchmarks.results import Row, RunOptions, format_table, write_chart, write_json
+from benchmarks import endtoend, inprocess
+from benchmarks.results import (
+    Row,
+    RunOptions,
+    Verdict,
+    format_table,
+    format_verdicts,
+    write_chart,
+    write_json,
+)
 
 
 @dataclass(frozen=True)
@@ -32,10 +43,24 @@ class Suite:
     collect: Callable[[RunOptions], list[Row]]
     #: The names --only accepts for this suite.
     workloads: tuple[str, ...]
+    #: What the table's columns mean for this suite.
+    legend: str
+    #: The performance targets this suite's rows are checked against, if any.
+    targets: Callable[[Sequence[Row]], list[Verdict]] | None = None
 
 
 SUITES: dict[str, Suite] = {
-    inprocess.SUITE: Suite(inprocess.collect, tuple(w.name for w in inprocess.WORKLOADS)),
+    inprocess.SUITE: Suite(
+        inprocess.collect,
+        tuple(w.name for w in inprocess.WORKLOADS),
+        "in-process: wall: rate per wall-clock second; cpu: rate per CPU second of this process.",
+    ),
+    endtoend.SUITE: Suite(
+        endtoend.collect,
+        tuple(w.name for w in endtoend.WORKLOADS),
+        endtoend.LEGEND,
+        endtoend.targets,
+    ),
 }
 
 
@@ -47,6 +72,8 @@ def environment() -> dict[str, object]:
     import twisted
 
     return {
+        "checkout": _checkout(),
+        "cpu": _cpu_model(),
         "python": platform.python_version(),
         "twisted": twisted.__version__,
         "pyopenssl": OpenSSL.__version__,
@@ -55,6 +82,41 @@ def environment() -> dict[str, object]:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "load average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
+
+
+def _checkout() -> str:
+    """The commit benchmarked, and whether the package differs from it (others may be editing
+    the working tree: both suites measure the checkout's files as they are)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "membio_transport", "twisted"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head} + {len(changed)} changed package files" if changed else head
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,17 +160,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         only = tuple(w for w in args.only if w in suite.workloads)
         if args.only and not only:
             continue
-        rows.extend(suite.collect(replace(options, only=only)))
+        try:
+            rows.extend(suite.collect(replace(options, only=only)))
+        except endtoend.BenchmarkError as exc:
+            print(f"run.py: {name} suite failed: {exc}", file=sys.stderr)
+            return 1
     elapsed = time.perf_counter() - started
     rounds = sorted({len(r.wall) for r in rows})
+    ran = [name for name in SUITES if any(r.suite == name for r in rows)]
     print()
     print(
-        f"medians of {'/'.join(map(str, rounds))} interleaved rounds. wall: rate per wall-clock "
-        "second; cpu: rate per CPU second of this process; MB = 10^6 bytes.\n"
-        "spread: (max-min)/median of the wall rates.  /<impl>: median over rounds of this row's "
-        "rate / <impl>'s rate in the same round."
+        f"medians of {'/'.join(map(str, rounds))} interleaved rounds; MB = 10^6 bytes.\n"
+        + "\n".join(SUITES[name].legend for name in ran)
+        + "\nspread: (max-min)/median of the wall values.  /<impl>: median over rounds of this "
+        "row's value / <impl>'s value in the same round."
     )
     print(format_table(rows))
+    for name in ran:
+        check = SUITES[name].targets
+        verdicts = check(rows) if check else []
+        if verdicts:
+            print(f"\ntargets ({name}):")
+            print(format_verdicts(verdicts))
     print(f"\ntotal {elapsed:.1f} s")
     if args.chart:
         write_chart(rows, args.chart)

@@ -1,0 +1,321 @@
+"""TLS connection load generator for the end-to-end benchmark (benchmarks/endtoend.py).
+
+It runs as its own process (pinned to the load-generator core by the caller) and uses only the
+standard library, so that it starts fast and shares nothing with the servers under test.  One
+JSON object on standard output is its result.
+
+    loadgen.py handshakes --port P --cafile CERT --duration S [--resume] [--server-pid PID]
+    loadgen.py idle --port P --cafile CERT --connections N [--plain]
+
+``handshakes`` keeps ``--concurrency`` connections in flight, each one a TCP connect, a TLS 1.3
+handshake, a close_notify and a close, for ``--duration`` seconds.  Unlike wrk it never resumes
+a session by itself: every handshake is a full one unless ``--resume`` is given, in which case a
+priming connection fetches a page (so that the server's session tickets arrive) and every
+measured connection offers that session.  Each connection's ``session_reused`` is counted, so
+the caller sees what fraction really resumed.  With ``--server-pid`` the server's CPU time
+(utime + stime from /proc/PID/stat) is read right before the first and right after the last
+measured connection.
+
+``idle`` opens ``--connections`` connections (TLS handshake complete, or plain TCP with
+``--plain``), prints its result line, then holds them open, doing nothing, until a line (or EOF)
+arrives on standard input; then it closes them all and exits.
+
+The TLS 1.3 cipher suite is whatever the client's OpenSSL offers: the caller forces one with an
+``OPENSSL_CONF`` file (Python's ssl module cannot set TLS 1.3 suites), and every handshake's
+negotiated suite is reported so that the caller can check it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import errno
+import json
+import os
+import resource
+import selectors
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+HOST = "127.0.0.1"
+SERVER_NAME = "localhost"
+PRIME_REQUEST = (
+    f"GET /small.txt HTTP/1.1\r\nHost: {SERVER_NAME}\r\nConnection: close\r\n\r\n".encode()
+)
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds (fields 14 and 15 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    # The command name (field 2) may contain spaces: split after its closing parenthesis.
+    fields = data[data.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise SystemExit(f"loadgen: need {needed} file descriptors, hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def client_context(cafile: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.maximum_version = ssl.TLSVersion.TLSv1_3
+    return context
+
+
+def prime_session(context: ssl.SSLContext, port: int, timeout: float) -> ssl.SSLSession:
+    """A full handshake and one request read to the end: the session then holds the server's
+    ticket (TLS 1.3 tickets arrive after the handshake, ahead of the response)."""
+    with (
+        socket.create_connection((HOST, port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=SERVER_NAME) as conn,
+    ):
+        conn.sendall(PRIME_REQUEST)
+        while conn.recv(65536):
+            pass
+        session = conn.session
+    if session is None:
+        raise SystemExit("loadgen: no session after the priming connection")
+    return session
+
+
+@dataclass
+class Tally:
+    completed: int = 0
+    reused: int = 0
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    ciphers: collections.Counter[str] = field(default_factory=collections.Counter)
+    groups: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+class Connection:
+    """One client connection driven by the selector: connect, then handshake."""
+
+    def __init__(
+        self,
+        selector: selectors.BaseSelector,
+        context: ssl.SSLContext | None,
+        port: int,
+        session: ssl.SSLSession | None,
+        deadline: float,
+    ) -> None:
+        self.selector = selector
+        self.context = context
+        self.session = session
+        self.deadline = deadline
+        self.sock: socket.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        self.connecting = True
+        code = self.sock.connect_ex((HOST, port))
+        if code not in (0, errno.EINPROGRESS):
+            self.sock.close()
+            raise OSError(code, os.strerror(code))
+        selector.register(self.sock, selectors.EVENT_WRITE, self)
+
+    def step(self) -> bool:
+        """Advance; True once the connection is established (TLS handshake complete)."""
+        if self.connecting:
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, os.strerror(code))
+            self.connecting = False
+            if self.context is None:
+                self.selector.unregister(self.sock)
+                return True
+            self.selector.unregister(self.sock)
+            self.sock = self.context.wrap_socket(
+                self.sock,
+                server_hostname=SERVER_NAME,
+                do_handshake_on_connect=False,
+                session=self.session,
+            )
+            self.selector.register(self.sock, selectors.EVENT_READ, self)
+        assert isinstance(self.sock, ssl.SSLSocket)
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.selector.modify(self.sock, selectors.EVENT_READ, self)
+            return False
+        except ssl.SSLWantWriteError:
+            self.selector.modify(self.sock, selectors.EVENT_WRITE, self)
+            return False
+        self.selector.unregister(self.sock)
+        return True
+
+    def record(self, tally: Tally) -> None:
+        tally.completed += 1
+        if isinstance(self.sock, ssl.SSLSocket):
+            tally.reused += bool(self.sock.session_reused)
+            cipher = self.sock.cipher()
+            tally.ciphers[f"{self.sock.version()} {cipher[0] if cipher else None}"] += 1
+
+    def close(self, notify: bool) -> None:
+        if notify and isinstance(self.sock, ssl.SSLSocket):
+            # Sends close_notify; the server's reply is not waited for.
+            with contextlib.suppress(ssl.SSLError, OSError):
+                self.sock.unwrap()
+        self.sock.close()
+
+    def abandon(self) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(self.sock)
+        self.sock.close()
+
+
+def _drive(
+    selector: selectors.BaseSelector,
+    tally: Tally,
+    start_one: Callable[[], Connection],
+    keep_open: list[Connection] | None,
+    want: int | None,
+    stop_at: float | None,
+    concurrency: int,
+) -> None:
+    """Keep `concurrency` connections in flight until `want` completed or `stop_at` passed,
+    then let the ones in flight finish."""
+    in_flight: set[Connection] = set()
+
+    def more() -> bool:
+        if want is not None:
+            return tally.completed + len(in_flight) < want
+        assert stop_at is not None
+        return time.perf_counter() < stop_at
+
+    while True:
+        while len(in_flight) < concurrency and more():
+            try:
+                in_flight.add(start_one())
+            except OSError as exc:
+                tally.errors[f"connect: {exc.strerror or exc}"] += 1
+                if sum(tally.errors.values()) > 100:
+                    raise SystemExit(f"loadgen: too many errors: {dict(tally.errors)}") from exc
+        if not in_flight:
+            return
+        now = time.perf_counter()
+        for key, _ in selector.select(timeout=0.5):
+            conn: Connection = key.data
+            try:
+                done = conn.step()
+            except (OSError, ssl.SSLError) as exc:
+                tally.errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
+                conn.abandon()
+                in_flight.discard(conn)
+                continue
+            if done:
+                in_flight.discard(conn)
+                conn.record(tally)
+                if keep_open is not None:
+                    keep_open.append(conn)
+                else:
+                    conn.close(notify=True)
+        for conn in [c for c in in_flight if now > c.deadline]:
+            tally.errors["timeout"] += 1
+            conn.abandon()
+            in_flight.discard(conn)
+        if sum(tally.errors.values()) > 100:
+            raise SystemExit(f"loadgen: too many errors: {dict(tally.errors)}")
+
+
+def handshakes(args: argparse.Namespace) -> dict[str, object]:
+    context = client_context(args.cafile)
+    session = prime_session(context, args.port, args.timeout) if args.resume else None
+    selector = selectors.DefaultSelector()
+    tally = Tally()
+
+    def start_one() -> Connection:
+        return Connection(selector, context, args.port, session, time.perf_counter() + args.timeout)
+
+    cpu0 = server_cpu_seconds(args.server_pid) if args.server_pid else None
+    wall0 = time.perf_counter()
+    _drive(selector, tally, start_one, None, None, wall0 + args.duration, args.concurrency)
+    wall = time.perf_counter() - wall0
+    cpu = server_cpu_seconds(args.server_pid) - cpu0 if cpu0 is not None else None
+    return {
+        "completed": tally.completed,
+        "reused": tally.reused,
+        "wall": wall,
+        "server_cpu": cpu,
+        "errors": dict(tally.errors),
+        "ciphers": dict(tally.ciphers),
+        "primed_session_has_ticket": bool(session and session.has_ticket),
+    }
+
+
+def idle(args: argparse.Namespace) -> dict[str, object]:
+    raise_fd_limit(args.connections + 64)
+    context = None if args.plain else client_context(args.cafile)
+    selector = selectors.DefaultSelector()
+    tally = Tally()
+    opened: list[Connection] = []
+
+    def start_one() -> Connection:
+        return Connection(selector, context, args.port, None, time.perf_counter() + args.timeout)
+
+    wall0 = time.perf_counter()
+    _drive(selector, tally, start_one, opened, args.connections, None, args.concurrency)
+    result = {
+        "completed": tally.completed,
+        "wall": time.perf_counter() - wall0,
+        "errors": dict(tally.errors),
+        "ciphers": dict(tally.ciphers),
+    }
+    print(json.dumps(result), flush=True)
+    sys.stdin.readline()  # hold the connections until the caller has measured
+    # Are they all still open?  A closed one would be readable (EOF) by now.
+    still_open = 0
+    for conn in opened:
+        try:
+            conn.sock.setblocking(False)
+            if isinstance(conn.sock, ssl.SSLSocket):
+                conn.sock.recv(1)
+            else:
+                still_open += conn.sock.recv(1, socket.MSG_PEEK) != b""
+                continue
+        except (ssl.SSLWantReadError, BlockingIOError):
+            still_open += 1
+        except (OSError, ssl.SSLError):
+            pass
+        else:
+            # Data after the handshake: TLS 1.3 session tickets count as "still open".
+            still_open += 1
+    for conn in opened:
+        conn.sock.close()
+    return {"still_open": still_open}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    for name in ("handshakes", "idle"):
+        p = sub.add_parser(name)
+        p.add_argument("--port", type=int, required=True)
+        p.add_argument("--cafile")
+        p.add_argument("--concurrency", type=int, default=8 if name == "handshakes" else 64)
+        p.add_argument("--timeout", type=float, default=10.0, help="per connection, seconds")
+    hs = sub.choices["handshakes"]
+    hs.add_argument("--duration", type=float, required=True)
+    hs.add_argument("--resume", action="store_true")
+    hs.add_argument("--server-pid", type=int)
+    idle_parser = sub.choices["idle"]
+    idle_parser.add_argument("--connections", type=int, required=True)
+    idle_parser.add_argument("--plain", action="store_true", help="TCP only, no TLS")
+    args = parser.parse_args(argv)
+    if not getattr(args, "plain", False) and not args.cafile:
+        parser.error("--cafile is required for TLS")
+    result = handshakes(args) if args.mode == "handshakes" else idle(args)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
