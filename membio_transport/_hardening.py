@@ -97,6 +97,11 @@ class HardeningOptions(usage.Options):
             "Seconds a client has to complete its TLS handshake; 0 for no limit.",
         ],
         [
+            "idle-timeout", None, "0",
+            "Close connections that move no byte for this many seconds (with close_notify); "
+            "0 for no limit.",
+        ],
+        [
             "max-connections", None, None,
             "Close new connections at once while this many are open [default: no limit].",
         ],
@@ -147,6 +152,7 @@ class HardeningOptions(usage.Options):
         self["client_auth"] = self._client_auth()
         timeout = _number("--handshake-timeout", self["handshake-timeout"])
         self["handshake_timeout"] = timeout or None
+        self["idle_timeout"] = _number("--idle-timeout", self["idle-timeout"]) or None
         maximum = self["max-connections"]
         self["max_connections"] = (
             None if maximum is None
@@ -255,7 +261,10 @@ class HardeningOptions(usage.Options):
 
     def factory_options(self) -> dict[str, Any]:
         """Keyword arguments for every MemoryBIOTLSFactory of the HTTPS listeners."""
-        options: dict[str, Any] = {"handshake_timeout": self["handshake_timeout"]}
+        options: dict[str, Any] = {
+            "handshake_timeout": self["handshake_timeout"],
+            "idle_timeout": self["idle_timeout"],
+        }
         limit = self.connection_limit()
         if limit is not None:
             options.update(limit.factory_options)
@@ -283,6 +292,8 @@ class HardeningOptions(usage.Options):
             lines.append(f"Strict-Transport-Security: max-age={self['hsts_max_age']}")
         timeout = self["handshake_timeout"]
         limits = [f"handshake timeout {timeout:g}s" if timeout else "no handshake timeout"]
+        if self["idle_timeout"] is not None:
+            limits.append(f"idle timeout {self['idle_timeout']:g}s")
         if self["max_connections"] is not None:
             limits.append(f"at most {self['max_connections']} connections")
         interval = self["reload_interval"]

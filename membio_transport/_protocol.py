@@ -337,7 +337,11 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
             peer=self._peer_text(),
             idle=idle,
         )
-        self.loseConnection()
+        # Our decision, not the application's: close even while a producer
+        # is registered (twisted.web's channel always has one).
+        self.disconnecting = True
+        self._flush()
+        self._begin_close()
 
     # -- outgoing ------------------------------------------------------------
 

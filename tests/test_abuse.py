@@ -496,3 +496,31 @@ def test_measurements_summary() -> None:
     for name, value in MEASURED.items():
         print(f"{name}: {value}")
     assert re.match(r".*", "")  # nothing to check: a report
+
+
+# --------------------------------------------------------------------- idle connections
+
+
+@pytest.mark.integration
+def test_an_idle_connection_is_closed_with_close_notify(
+    tmp_path_factory: pytest.TempPathFactory, site: Path
+) -> None:
+    with membio_https(
+        tmp_path_factory.mktemp("idle"), "--path", str(site), "--idle-timeout", "1"
+    ) as idle_server:
+        assert "idle timeout 1s" in idle_server.log
+        raw = socket.create_connection(("127.0.0.1", idle_server.port), timeout=5)
+        tls = client_context(idle_server.ca).wrap_socket(
+            raw, server_hostname="localhost", suppress_ragged_eofs=False
+        )
+        with tls:
+            request(tls)
+            status, _headers, _body = read_response(tls)
+            assert status == 200
+            start = time.monotonic()
+            # A clean TLS end: close_notify, not a bare EOF (which would raise).
+            assert tls.recv(1) == b""
+            waited = time.monotonic() - start
+        assert 0.5 < waited < 5, waited
+        idle_server.wait_for_log(r"idle for \d+s")
+        _healthy(idle_server)
