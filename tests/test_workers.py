@@ -19,6 +19,8 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -38,7 +40,7 @@ from ._deploy_helpers import (
     membio_tls_command,
     socket_owner,
 )
-from ._plugin_helpers import Server, free_port, running, subprocess_env, twistd_command
+from ._plugin_helpers import REPO, Server, free_port, running, subprocess_env, twistd_command
 
 WORKER = r"worker (\d+) started \(pid (\d+)\)"
 
@@ -314,3 +316,21 @@ def test_systemd_socket_activation(tmp_path: Path, selector: str) -> None:
         assert b"TLS" in body
         server.wait_for_log(rf"ready: open https://localhost:{port}/")
         assert server.stop() in (0, -signal.SIGTERM), server.describe()
+
+
+# ------------------------------------------------------------------ the benchmark
+
+
+@pytest.mark.integration
+def test_worker_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/workers.py, shortened: it must keep working."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "workers.py"), "--workers", "1",
+         "--rounds", "1", "--seconds", "0.5", "--processes", "1", "--threads", "2",
+         "--json", str(tmp_path / "out.json")],
+        capture_output=True, text=True, timeout=60, check=False,
+        env=subprocess_env(tmp_path / "home"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^\s+1\s+\d+\s+\d+", result.stdout, re.MULTILINE), result.stdout
+    assert "0 errors" in result.stdout
