@@ -175,6 +175,12 @@ class WorkerPool(Service):
         and says whether it did; by default connections are given the whole
         grace period to end by themselves.
     @param announce: called in the parent once the sockets exist.
+    @param helpers: services run in the parent alongside the pool (such as
+        the certificate reloader, which replaces the TLS context).
+    @param context_of: returns the TLS context workers are forked with;
+        when it changes (a reload), every worker is replaced by one forked
+        from the parent again, so that all of them share the new context
+        and its ticket keys, and the old ones stop gracefully.
     """
 
     name = "membio-workers"
@@ -188,6 +194,8 @@ class WorkerPool(Service):
         grace: float = DEFAULT_GRACE,
         close_idle: Callable[[Any], bool] | None = None,
         announce: Callable[[Sequence[socket.socket]], None] | None = None,
+        helpers: Sequence[Service] = (),
+        context_of: Callable[[], object] | None = None,
         system: str = "membio",
     ) -> None:
         if not 1 <= count <= MAX_WORKERS:
@@ -198,9 +206,15 @@ class WorkerPool(Service):
         self.grace = grace
         self._close_idle = close_idle
         self._announce = announce
+        self._helpers = list(helpers)
+        self._context_of = context_of
+        self._context: object = None
         self._system = system
         self.sockets: list[socket.socket] = []
+        #: The current worker of each index.
         self.workers: dict[int, _Worker] = {}
+        #: Workers replaced after a reload, still finishing, by pid.
+        self._retiring: dict[int, _Worker] = {}
         self._delays: dict[int, float] = {}
         self._restarts: dict[int, Any] = {}
         self._stopping = False
@@ -225,8 +239,11 @@ class WorkerPool(Service):
         super().startService()  # type: ignore[no-untyped-call]  # untyped in Twisted
         self._listen()
         self._parent_pid = os.getpid()  # twistd may have daemonized since
+        self._context = self._context_of() if self._context_of is not None else None
         for index in range(self.count):
             self._spawn(index)
+        for helper in self._helpers:
+            helper.startService()
         self._reaper = LoopingCall(self._reap)
         self._reaper.clock = self._reactor
         self._reaper.start(_REAP_INTERVAL, now=False)
@@ -262,17 +279,49 @@ class WorkerPool(Service):
     # -- parent: supervising -------------------------------------------------
 
     def _reap(self) -> None:
-        for worker in list(self.workers.values()):
+        for worker in [*self.workers.values(), *self._retiring.values()]:
             try:
                 pid, status = os.waitpid(worker.pid, os.WNOHANG)
             except ChildProcessError:
                 pid, status = worker.pid, 0
             if pid == 0:
                 continue
+            if self._retiring.pop(worker.pid, None) is not None:
+                _log.info(
+                    "replaced worker {index} (pid {pid}) {how}", index=worker.index,
+                    pid=worker.pid, how=_describe_status(status), log_system=self._system,
+                )
+                continue
             del self.workers[worker.index]
             self._worker_ended(worker, status)
-        if self._stopping and not self.workers:
-            self._all_stopped()
+        if self._stopping:
+            if not self.workers and not self._retiring:
+                self._all_stopped()
+            return
+        if self._context_of is not None and self._context_of() is not self._context:
+            self._context = self._context_of()
+            self._replace_all()
+
+    def _replace_all(self) -> None:
+        """After a reload: fork new workers, stop the old ones gracefully."""
+        _log.info(
+            "TLS context reloaded: replacing {count} worker(s); the old ones finish their "
+            "connections", count=len(self.workers), log_system=self._system,
+        )
+        old = list(self.workers.values())
+        for worker in old:
+            self._retiring[worker.pid] = worker
+        self.workers.clear()
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()  # a worker waiting to restart starts now
+        self._restarts.clear()
+        self._delays.clear()
+        for index in range(self.count):
+            self._spawn(index)
+        for worker in old:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGTERM)
 
     def _worker_ended(self, worker: _Worker, status: int) -> None:
         how = _describe_status(status)
@@ -301,6 +350,9 @@ class WorkerPool(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]  # untyped in Twisted
         self._stopping = True
+        for helper in self._helpers:
+            if helper.running:
+                helper.stopService()
         for call in self._restarts.values():
             if call.active():
                 call.cancel()
@@ -310,14 +362,15 @@ class WorkerPool(Service):
         for sock in self.sockets:
             sock.close()
         self.sockets = []
-        if not self.workers:
+        every = [*self.workers.values(), *self._retiring.values()]
+        if not every:
             self._stop_reaper()
             return succeed(None)
         _log.info(
             "stopping {count} worker(s); open connections get {grace:g}s to finish",
-            count=len(self.workers), grace=self.grace, log_system=self._system,
+            count=len(every), grace=self.grace, log_system=self._system,
         )
-        for worker in self.workers.values():
+        for worker in every:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGTERM)
         self._stopped = Deferred()
@@ -326,7 +379,7 @@ class WorkerPool(Service):
 
     def _kill_all(self) -> None:
         self._kill_call = None
-        for worker in self.workers.values():
+        for worker in [*self.workers.values(), *self._retiring.values()]:
             _log.warn(
                 "worker {index} (pid {pid}) did not stop in time: killing it",
                 index=worker.index, pid=worker.pid, log_system=self._system,
@@ -471,8 +524,11 @@ def _leave_parent_signals(parent_pid: int) -> None:
     the parent's), and die with the parent rather than outlive it.
     """
     signal.set_wakeup_fd(-1)
-    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(number, signal.SIG_DFL)
+    # Reloading is the parent's job (it forks new workers): a SIGHUP sent to
+    # the whole process group must not end the workers.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -619,6 +675,7 @@ def https_service(options: Any) -> WorkerPool:
         for line in lines:
             _log.info("{line}", line=line, log_system="membio-https")
 
+    hardening_services = getattr(options, "hardening_services", None)
     return WorkerPool(
         lambda: _open_port_socket(command, interface, port),
         start_worker,
@@ -626,6 +683,10 @@ def https_service(options: Any) -> WorkerPool:
         grace=options["grace"],
         close_idle=close_idle_http,
         announce=announce,
+        # The certificate reloader runs here, in the parent: a reload makes
+        # a new context, and the workers are then replaced by new forks.
+        helpers=hardening_services() if hardening_services is not None else (),
+        context_of=lambda: getattr(options["tls_options"], "context", None),
         system="membio-https",
     )
 

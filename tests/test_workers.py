@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from membio_transport import tap
-from membio_transport._certs import ensure_certificate
+from membio_transport._certs import ServerCertificate, ensure_certificate
 
 from ._deploy_helpers import (
     TLSClient,
@@ -58,9 +58,10 @@ def https_workers(
 ) -> Iterator[tuple[Server, int, Path]]:
     """``membio-https --workers count``; yields once every worker has started."""
     port, cert_dir = free_port(), tmp_path / "certs"
+    own = "--cert" in extra
     command = [
         *twistd_command(), "-n", "--pidfile=", "membio-https", "--port", str(port),
-        "--cert-dir", str(cert_dir), "--workers", str(count), *extra,
+        *([] if own else ["--cert-dir", str(cert_dir)]), "--workers", str(count), *extra,
     ]
     with running(command, tmp_path, subprocess_env(tmp_path / "home")) as server:
         server.wait_for_log(r"ready: open https://localhost:")
@@ -249,6 +250,56 @@ def test_sigterm_lets_a_slow_download_finish_and_closes_idle_connections(
         assert server.process.wait(15) in (0, -signal.SIGTERM), server.describe()
     assert "grace period over" not in server.stdout
     assert "waiting up to 15s for" in server.stdout
+
+
+# ------------------------------------------------------------------ reload
+
+
+@pytest.mark.integration
+def test_certificate_reload_replaces_the_workers(tmp_path: Path) -> None:
+    """
+    SIGHUP reloads the certificate in the parent, which then forks new
+    workers with the new context (all of them share its ticket keys) and
+    stops the old ones gracefully; the parent itself survives the signal.
+    """
+    first = ensure_certificate(tmp_path / "first", ())
+    second = ensure_certificate(tmp_path / "second", ())
+    served = tmp_path / "served"
+    served.mkdir(mode=0o700)
+
+    def install(certificate: ServerCertificate) -> None:
+        for source, name in ((certificate.cert_path, "cert"), (certificate.key_path, "key")):
+            shutil.copy(source, served / f".{name}")
+            os.replace(served / f".{name}", served / f"{name}.pem")
+
+    install(first)
+    with https_workers(
+        tmp_path, 2, "--cert", str(served / "cert.pem"), "--key", str(served / "key.pem"),
+        "--reload-interval", "0",
+    ) as (server, port, _):
+        before = wait_for_workers(server, 2)
+        assert b"TLS" in fetch(port, _context(first.trust_path))[0]
+        install(second)
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_for_log(r"TLS context reloaded: replacing 2 worker\(s\)")
+        deadline = time.monotonic() + 20
+        while set(worker_pids(server).values()) & set(before.values()) or not all(
+            re.search(rf"replaced worker \d \(pid {pid}\) exited", server.stdout)
+            for pid in before.values()
+        ):
+            assert time.monotonic() < deadline, server.describe()
+            time.sleep(0.05)
+        after = wait_for_workers(server, 2)
+        assert sorted(children(server.process.pid)) == sorted(after.values())
+        context = _context(second.trust_path)
+        served_by: Counter[int | None] = Counter()
+        _, session, _, _ = fetch(port, context)
+        for _ in range(12):
+            _, _, resumed, owner = fetch(port, context, session, list(after.values()))
+            assert resumed
+            served_by[owner] += 1
+        assert set(served_by) == set(after.values()), served_by
+        assert server.process.poll() is None
 
 
 # ------------------------------------------------------------------ membio-tls
