@@ -198,6 +198,7 @@ class _ClientSide(Protocol):
         self._early: list[bytes] = []
         self.client_done = False  # its close_notify came: it sends nothing more
         self.backend_done = False  # the backend's FIN came
+        self.refused = False  # the backend could not be reached
         self.gone = False
 
     # -- client events ---------------------------------------------------------
@@ -211,6 +212,8 @@ class _ClientSide(Protocol):
         if backend is not None and backend.transport is not None:
             backend.transport.write(data)
             return
+        if self.refused:
+            return  # nowhere to send it: the connection is closing
         # Still connecting: keep this much and read no more until connected.
         self._early.append(data)
         self.transport.pauseProducing()
@@ -262,12 +265,16 @@ class _ClientSide(Protocol):
         if self.gone:
             return
         _log.warn(
-            "backend {backend} unreachable for client {client}: {reason}; closing the client "
-            "connection",
+            "backend {backend} unreachable for client {client} ({reason}): closing the "
+            "client connection",
             backend=self.factory.backend_label,
             client=_address_text(self.transport.getPeer()),
-            reason=reason.getErrorMessage(),
+            reason=reason.getErrorMessage().rstrip("."),
         )
+        self.refused = True
+        self._early = []
+        # Read again, so that the client's close_notify answering ours is seen.
+        self.transport.resumeProducing()
         self.transport.loseConnection()
 
     def backend_finished_sending(self) -> None:
@@ -291,7 +298,7 @@ class _ClientSide(Protocol):
                 "backend {backend} dropped the connection of client {client}: {reason}",
                 backend=self.factory.backend_label,
                 client=_address_text(self.transport.getPeer()),
-                reason=reason.getErrorMessage(),
+                reason=reason.getErrorMessage().rstrip("."),
             )
         self.close()
 

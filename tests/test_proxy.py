@@ -368,3 +368,27 @@ def test_backend_down_gives_the_client_a_clean_close_and_a_log_line(tmp_path: Pa
     assert (data, ending) == (b"", "close_notify")
     assert "refused" in line.group(0)
     assert f"client 127.0.0.1:{client_port}" in line.group(0)
+
+
+@pytest.mark.integration
+def test_backend_reset_mid_stream_closes_the_client_cleanly(tmp_path: Path) -> None:
+    def reset_after_hello(conn: socket.socket, record: dict[str, object]) -> None:
+        record["heard"] = conn.recv(100)
+        conn.sendall(b"about to crash")
+        time.sleep(0.2)
+        # SO_LINGER 0: close with a RST, as a crashing backend's kernel does.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    with backend(reset_after_hello) as server, proxy(tmp_path, server.endpoint) as (
+        membio, port, ca,
+    ):
+        client = TLSClient(port, ca)
+        try:
+            client.send(b"hello")
+            data, ending = client.read_to_end()
+        finally:
+            client.close()
+        membio.wait_for_log(r"backend tcp:127\.0\.0\.1:\d+ dropped the connection of client")
+    assert (data, ending) == (b"about to crash", "close_notify")
+    assert "Traceback" not in membio.stdout + membio.stderr
