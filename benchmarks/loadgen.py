@@ -5,6 +5,7 @@ standard library, so that it starts fast and shares nothing with the servers und
 JSON object on standard output is its result.
 
     loadgen.py handshakes --port P --cafile CERT --duration S [--resume] [--server-pid PID]
+    loadgen.py handshakes --port P --plain --duration S [--server-pid PID]
     loadgen.py idle --port P --cafile CERT --connections N [--plain]
 
 ``handshakes`` keeps ``--concurrency`` connections in flight, each one a TCP connect, a TLS 1.3
@@ -12,7 +13,9 @@ handshake, a close_notify and a close, for ``--duration`` seconds.  Unlike wrk i
 a session by itself: every handshake is a full one unless ``--resume`` is given, in which case a
 priming connection fetches a page (so that the server's session tickets arrive) and every
 measured connection offers that session.  Each connection's ``session_reused`` is counted, so
-the caller sees what fraction really resumed.  With ``--server-pid`` the server's CPU time
+the caller sees what fraction really resumed.  ``--plain`` makes each connection a TCP connect
+and close only (the ceiling: what a server spends per connection without TLS).  With
+``--server-pid`` the server's CPU time
 (utime + stime from /proc/PID/stat) is read right before the first and right after the last
 measured connection.
 
@@ -227,8 +230,8 @@ def _drive(
 
 
 def handshakes(args: argparse.Namespace) -> dict[str, object]:
-    context = client_context(args.cafile)
-    session = prime_session(context, args.port, args.timeout) if args.resume else None
+    context = None if args.plain else client_context(args.cafile)
+    session = prime_session(context, args.port, args.timeout) if context and args.resume else None
     selector = selectors.DefaultSelector()
     tally = Tally()
 
@@ -302,13 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--cafile")
         p.add_argument("--concurrency", type=int, default=8 if name == "handshakes" else 64)
         p.add_argument("--timeout", type=float, default=10.0, help="per connection, seconds")
+        p.add_argument("--plain", action="store_true", help="TCP only, no TLS")
     hs = sub.choices["handshakes"]
     hs.add_argument("--duration", type=float, required=True)
     hs.add_argument("--resume", action="store_true")
     hs.add_argument("--server-pid", type=int)
     idle_parser = sub.choices["idle"]
     idle_parser.add_argument("--connections", type=int, required=True)
-    idle_parser.add_argument("--plain", action="store_true", help="TCP only, no TLS")
     args = parser.parse_args(argv)
     if not getattr(args, "plain", False) and not args.cafile:
         parser.error("--cafile is required for TLS")

@@ -182,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verdicts:
             print(f"\ntargets ({name}):")
             print(format_verdicts(verdicts))
-    print(f"\ntotal {elapsed:.1f} s")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    meta["load average at end"] = load
+    print(f"\ntotal {elapsed:.1f} s; load average at end {load} (1, 5, 15 min)")
     if args.chart:
         write_chart(rows, args.chart)
         print(f"chart written to {args.chart}")
