@@ -12,22 +12,26 @@ socket, and supervises them from the parent:
   decrypt tickets with the same keys: a session resumes on whichever worker
   the kernel hands the next connection to.
 * Each worker is a ``fork()`` of the parent that throws away the parent's
-  reactor (its epoll instance, its wakers) without touching it, installs a
-  fresh one, and adopts the shared socket with ``adoptStreamPort``.  What
-  the worker serves is built after that, so that every timer and
-  connection in it belongs to the new reactor.
+  reactor without touching it and installs a fresh one (``_fork``), then
+  adopts the shared socket with ``adoptStreamPort``.  What the worker
+  serves is built after that, so that every timer and connection in it
+  belongs to the new reactor.
 * The parent restarts a worker that dies (with a growing delay when one
   keeps dying at start-up) and stops gracefully on SIGTERM: it closes its
   copy of the socket and sends SIGTERM to every worker, which stops
   accepting, closes idle connections, lets the others finish for
   ``grace`` seconds, and exits; the parent sends SIGKILL to any worker
   still alive a few seconds after that.
+* A certificate reload happens in the parent and makes a new context: the
+  parent then forks a new set of workers, which share it, and retires the
+  old ones as gracefully as on SIGTERM.
+
+``_workers_cli`` turns the ``--workers``/``--grace`` options into a pool.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -44,12 +48,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ._fork import STOP_SIGNALS, fresh_reactor, leave_parent_signals, stop_once_on_signals
+
 __all__ = [
     "DEFAULT_GRACE",
     "MAX_WORKERS",
     "AdoptedSocketEndpoint",
     "WorkerPool",
-    "close_idle_http",
     "listening_socket",
 ]
 
@@ -77,10 +82,6 @@ _FIRST_DELAY: Final = 0.5
 _MAX_DELAY: Final = 30.0
 #: What the parent adds to the grace period before it kills workers.
 _KILL_MARGIN: Final = 5.0
-#: Signals that stop a worker (gracefully).
-_STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
-#: prctl(2) operation: the signal a process gets when its parent dies.
-_PR_SET_PDEATHSIG: Final = 1
 
 
 def listening_socket(interface: str, port: int, backlog: int = LISTEN_BACKLOG) -> socket.socket:
@@ -116,38 +117,6 @@ class AdoptedSocketEndpoint:
         return execute(
             self.reactor.adoptStreamPort, self.sock.fileno(), self.sock.family, protocolFactory
         )
-
-
-def close_idle_http(protocol: Any) -> bool:
-    """
-    For `WorkerPool`'s ``close_idle``: close the HTTP connection under the
-    TLS layer C{protocol} if it is between requests (so that nothing is
-    lost), and say whether it was.
-    """
-    channel = getattr(protocol, "wrappedProtocol", protocol)
-    # twisted.web wraps HTTP/1.1 and HTTP/2 channels in a proxy that picks
-    # one after ALPN; the chosen channel is its _channel.
-    channel = getattr(channel, "_channel", channel)
-    requests = getattr(channel, "requests", None)
-    streams = getattr(channel, "streams", None)
-    if isinstance(requests, list):
-        idle = not requests
-    elif isinstance(streams, dict):
-        idle = not streams
-    else:
-        return False
-    if not idle:
-        return False
-    # Channels register themselves as their transport's producer, and a
-    # transport with a producer waits for it before closing: HTTP/1.1
-    # channels unregister in their own loseConnection, others are helped.
-    close = getattr(channel, "loseConnection", None)
-    if close is not None:
-        close()
-    else:
-        protocol.loseConnection()
-        protocol.unregisterProducer()
-    return True
 
 
 #: What a worker runs: given its own reactor and the shared sockets, start
@@ -264,7 +233,7 @@ class WorkerPool(Service):
                 stream.flush()
         # Stop signals stay blocked in the new worker until its own reactor
         # handles them: one arriving while it starts then drains it too.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             pid = os.fork()
             if pid == 0:
@@ -418,8 +387,8 @@ class WorkerPool(Service):
 
     def _serve(self, index: int) -> int:
         system = f"{self._system}-worker-{index}"
-        _leave_parent_signals(self._parent_pid)
-        reactor = _fresh_reactor()
+        leave_parent_signals(self._parent_pid)
+        reactor = fresh_reactor()
         listening = self._start_worker(reactor, self.sockets)
         ports: list[IListeningPort] = []
         failures: list[Any] = []
@@ -436,7 +405,7 @@ class WorkerPool(Service):
             )
             return 1
         reactor.addSystemEventTrigger("before", "shutdown", self._drain, reactor, ports, system)
-        reactor.callWhenRunning(_stop_once_on_signals, reactor)
+        reactor.callWhenRunning(stop_once_on_signals, reactor)
         reactor.run()
         return 0
 
@@ -488,25 +457,6 @@ class WorkerPool(Service):
         return done
 
 
-def _stop_once_on_signals(reactor: Any) -> None:
-    """
-    SIGTERM or SIGINT stop the worker; more of them while it drains are
-    ignored (Twisted's own handler would log a ReactorNotRunning traceback
-    for each: the parent's SIGTERM and a terminal's SIGINT often both come).
-    """
-    stopping = False
-
-    def stop(number: int, frame: Any) -> None:
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            reactor.callFromThread(reactor.stop)
-
-    for number in _STOP_SIGNALS:
-        signal.signal(number, stop)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-
-
 def _describe_status(status: int) -> str:
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
@@ -516,197 +466,3 @@ def _describe_status(status: int) -> str:
             name = f"signal {number}"
         return f"was killed by {name}"
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
-
-
-def _leave_parent_signals(parent_pid: int) -> None:
-    """
-    In a new worker: forget the parent's signal set-up (its wake-up pipe is
-    the parent's), and die with the parent rather than outlive it.
-    """
-    signal.set_wakeup_fd(-1)
-    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-        signal.signal(number, signal.SIG_DFL)
-    # Reloading is the parent's job (it forks new workers): a SIGHUP sent to
-    # the whole process group must not end the workers.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent_pid:
-        # The parent died before prctl: nobody would stop us.
-        os._exit(1)
-
-
-#: Reactors retired in forked workers.  Kept alive on purpose: finalizing
-#: them would close descriptor numbers that may belong to something else
-#: by then.
-_retired: list[Any] = []
-
-
-def _fresh_reactor() -> Any:
-    """
-    Replace the reactor inherited from the parent with a new one of the same
-    kind, installed as the global reactor, and return it.
-
-    The inherited reactor's epoll instance is shared with the parent, so it
-    must never be polled here; its descriptors are closed in this process
-    only (which does not affect the parent's registrations), and the object
-    is kept, never finalized.
-    """
-    import twisted.internet
-    from twisted.internet.main import installReactor
-
-    old: Any = sys.modules.get("twisted.internet.reactor")
-    if old is None:
-        from twisted.internet.epollreactor import EPollReactor
-
-        kind: Any = EPollReactor
-    else:
-        kind = type(old)
-        _retired.append(old)
-        descriptors = set()
-        for selectable in [*old.getReaders(), *old.getWriters()]:
-            with contextlib.suppress(Exception):
-                descriptors.add(selectable.fileno())
-        for fd in descriptors:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        poller = getattr(old, "_poller", None)
-        close = getattr(poller, "close", None)
-        if close is not None:
-            close()
-        del sys.modules["twisted.internet.reactor"]
-        with contextlib.suppress(AttributeError):
-            del twisted.internet.reactor
-    reactor = kind()
-    installReactor(reactor)
-    return reactor
-
-
-# ------------------------------------------------------------------ command-line glue
-
-
-def parse_worker_options(options: Any) -> None:
-    """
-    Check and convert the ``--workers`` and ``--grace`` options (strings)
-    of a twistd Options object, in place.
-
-    @raise twisted.python.usage.UsageError: with a one-line message.
-    """
-    from twisted.python import usage
-
-    text = str(options["workers"])
-    try:
-        workers = int(text)
-    except ValueError:
-        raise usage.UsageError(f"--workers {text!r} is not a number") from None
-    if not 0 <= workers <= MAX_WORKERS:
-        raise usage.UsageError(
-            f"--workers {workers} is out of range (0 serves from this process; at most "
-            f"{MAX_WORKERS}; one or two per core is the useful range)"
-        )
-    text = str(options["grace"])
-    try:
-        grace = float(text)
-    except ValueError:
-        raise usage.UsageError(f"--grace {text!r} is not a number of seconds") from None
-    if not 0 <= grace <= 3600:
-        raise usage.UsageError(f"--grace {grace:g} is out of range (0-3600 seconds)")
-    options["workers"], options["grace"] = workers, grace
-
-
-def _open_port_socket(command: str, interface: str, port: int) -> list[socket.socket]:
-    """The shared socket for --port, or a one-line start-up error."""
-    from twisted.internet.error import CannotListenError
-
-    from . import tap
-
-    try:
-        return [listening_socket(interface, port)]
-    except OSError as error:
-        listener = tap._Listener(
-            tap._tcp_label(interface, port), None, "--port"  # type: ignore[arg-type]  # only named
-        )
-        message = tap._listen_error(CannotListenError(interface, port, error), listener)
-        tap._exit_with_message(command)
-        raise tap.StartupError(message) from None
-
-
-def https_service(options: Any) -> WorkerPool:
-    """
-    ``membio-https --workers N``: the parent binds --port and keeps the TLS
-    context the options built; each worker serves the same site as a
-    single ``membio-https`` process would, on the shared socket.
-    """
-    from . import tap
-
-    if options["listen"] or options["redirect-http"] is not None:
-        # Checked by the options already; kept here for direct callers.
-        raise ValueError("--workers serves the --port socket only")
-    command = options.command_name()
-    interface, port = options["interface"], options["port"]
-
-    def start_worker(reactor: Any, sockets: Sequence[socket.socket]) -> list[Any]:
-        # Built here, in the worker, so that its timers use this reactor;
-        # the single-process service of the same options makes the site.
-        options["workers"] = 0
-        site = getattr(tap.makeService(options), "site", None)
-        if site is None:
-            from twisted.web.server import Site
-
-            site = Site(options["resource"])
-        return [
-            options._wrap(AdoptedSocketEndpoint(reactor, sock)).listen(site) for sock in sockets
-        ]
-
-    def announce(sockets: Sequence[socket.socket]) -> None:
-        certificate = options["certificate"]
-        host, bound = sockets[0].getsockname()[:2]
-        url = f"https://{_browse_host(host)}:{bound}/"
-        lines = [
-            f"HTTPS on {tap._tcp_label(host, bound)}, shared by {options['workers']} worker "
-            f"process(es) with one TLS context (sessions resume on any worker)"
-        ]
-        if options["cert"]:
-            lines += [f"using your certificate: {line.strip()}" for line in certificate.summary()]
-        else:
-            lines += certificate.trust_instructions(url)
-        lines.append(f"ready: open {url}")
-        for line in lines:
-            _log.info("{line}", line=line, log_system="membio-https")
-
-    hardening_services = getattr(options, "hardening_services", None)
-    return WorkerPool(
-        lambda: _open_port_socket(command, interface, port),
-        start_worker,
-        options["workers"],
-        grace=options["grace"],
-        close_idle=close_idle_http,
-        announce=announce,
-        # The certificate reloader runs here, in the parent: a reload makes
-        # a new context, and the workers are then replaced by new forks.
-        helpers=hardening_services() if hardening_services is not None else (),
-        context_of=lambda: getattr(options["tls_options"], "context", None),
-        system="membio-https",
-    )
-
-
-def check_https_options(options: Any) -> None:
-    """``membio-https``: parse --workers/--grace and refuse what workers cannot share."""
-    from twisted.python import usage
-
-    parse_worker_options(options)
-    if options["workers"] and (options["listen"] or options["redirect-http"] is not None):
-        raise usage.UsageError(
-            "--workers shares the --port socket among processes; --listen and "
-            "--redirect-http are not supported with it (run a separate membio-https for them)"
-        )
-
-
-def _browse_host(host: str) -> str:
-    import ipaddress
-
-    address = ipaddress.ip_address(host.split("%", 1)[0])
-    if address.is_loopback or address.is_unspecified:
-        return "localhost"
-    return f"[{address}]" if address.version == 6 else str(address)

@@ -37,13 +37,8 @@ from ._endpoint import (
 )
 from ._options import PROFILES, ServerTLSOptions
 from ._proxy import PROXY_PROTOCOL_VERSIONS, ProxyFactory
-from ._workers import (
-    DEFAULT_GRACE,
-    AdoptedSocketEndpoint,
-    WorkerPool,
-    listening_socket,
-    parse_worker_options,
-)
+from ._workers import DEFAULT_GRACE, AdoptedSocketEndpoint, WorkerPool
+from ._workers_cli import open_port_socket, parse_worker_options
 from .tap import (
     _TLS_PREFIXES,
     StartupError,
@@ -334,18 +329,6 @@ def _worker_pool(options: Options) -> WorkerPool:
     command = options.command_name()
     interface, port = options["interface"], options["port"]
 
-    def open_sockets() -> list[socket.socket]:
-        try:
-            return [listening_socket(interface, port)]
-        except OSError as error:
-            from twisted.internet.error import CannotListenError
-
-            listener = _Listener(_tcp_label(interface, port), None, "--port")  # type: ignore[arg-type]  # only named
-            _exit_with_message(command)
-            raise StartupError(
-                _listen_error(CannotListenError(interface, port, error), listener)
-            ) from None
-
     def start_worker(reactor: Any, sockets: Sequence[socket.socket]) -> list[Any]:
         factory = _proxy_factory(reactor, options)
         return [
@@ -366,7 +349,7 @@ def _worker_pool(options: Options) -> WorkerPool:
             _log.info("{line}", line=line, log_system=_SYSTEM)
 
     return WorkerPool(
-        open_sockets,
+        lambda: open_port_socket(command, interface, port),
         start_worker,
         options["workers"],
         grace=options["grace"],

@@ -257,7 +257,7 @@ class Options(HardeningOptions):
                 f"--profile {self['profile']!r} is unknown; use {' or '.join(PROFILES)}"
             )
         self.check_hardening()
-        from ._workers import check_https_options
+        from ._workers_cli import check_https_options
 
         check_https_options(self)
         self["interface"] = _parse_interface(self["interface"])
@@ -774,7 +774,7 @@ def _is_ip(name: str) -> bool:
 def makeService(options: Options) -> Service:
     """Build the service twistd runs from parsed L{Options}."""
     if options["workers"]:
-        from ._workers import https_service
+        from ._workers_cli import https_service
 
         return https_service(options)
     parent = getattr(options, "parent", None)
