@@ -52,9 +52,10 @@ pytestmark = [
 EXAMPLE_CONFIG = REPO / "examples" / "haproxy.cfg"
 
 
-def haproxy_config(front: int, a: int, b: int) -> str:
+def haproxy_config(front: int, a: int, b: int, balance: str = "roundrobin") -> str:
     text = EXAMPLE_CONFIG.read_text()
     for old, new in (
+        ("balance roundrobin", f"balance {balance}"),
         ("bind 127.0.0.1:8443", f"bind 127.0.0.1:{front}"),
         ("server a 127.0.0.1:9443 ", f"server a 127.0.0.1:{a} "),
         ("server b 127.0.0.1:9444 ", f"server b 127.0.0.1:{b} "),
@@ -99,7 +100,9 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
+def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """The two instances behind HAProxy; indirect parameter: the balance algorithm."""
+    balance = getattr(request, "param", "roundrobin")
     assert HAPROXY is not None, "haproxy is required in CI: tests/run.sh installs it"
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "hello.txt").write_text("hello through haproxy\n")
@@ -114,7 +117,9 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         for name in result.ports:
             result.start_instance(name)
         config = tmp_path / "haproxy.cfg"
-        config.write_text(haproxy_config(result.front, result.ports["a"], result.ports["b"]))
+        config.write_text(
+            haproxy_config(result.front, result.ports["a"], result.ports["b"], balance)
+        )
         command = [HAPROXY, "-f", str(config), "-db"]
         result.haproxy = exits.enter_context(
             running(command, tmp_path, subprocess_env(tmp_path / "home"), "haproxy")
@@ -218,3 +223,16 @@ def test_sessions_resume_across_instances(stack: Stack) -> None:
     # Round robin: every other reconnection lands on the instance that did
     # not issue the ticket.
     assert all(outcomes), outcomes
+
+
+@pytest.mark.parametrize("stack", ["source"], indirect=True)
+def test_source_affinity_lets_sessions_resume(stack: Stack) -> None:
+    """
+    The workaround for the limitation above: with ``balance source`` each
+    client keeps reaching the instance that issued its ticket.
+    """
+    for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+        _, session, _ = get(stack, f"first-{source}", source)
+        assert all(
+            get(stack, f"again-{source}-{index}", source, session)[2] for index in range(4)
+        ), source
