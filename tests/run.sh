@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine that has only python3 (3.11+):
 # installs the system tools the tests drive (openssl, curl, chromium, NSS
-# tools) when they are missing, builds .venv, then runs ruff, mypy and pytest.
+# tools, wrk, haproxy, ss, setpriv) when they are missing, builds .venv, then
+# runs ruff, mypy, trial on the parity suite, and pytest.
 # Arguments are passed to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-command -v openssl >/dev/null || missing+=(openssl)
-command -v curl >/dev/null || missing+=(curl)
-command -v chromium >/dev/null || missing+=(chromium)
-command -v certutil >/dev/null || missing+=(libnss3-tools)
+need() { command -v "$1" >/dev/null || missing+=("$2"); }
+need openssl openssl
+need curl curl
+need chromium chromium
+need certutil libnss3-tools
+need wrk wrk
+need haproxy haproxy
+need ss iproute2
+need setpriv util-linux
+need stdbuf coreutils
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then apt=(apt-get); else apt=(sudo -n apt-get); fi
     echo "tests/run.sh: installing ${missing[*]}" >&2
