@@ -385,3 +385,25 @@ def test_worker_benchmark_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"^\s+1\s+\d+\s+\d+", result.stdout, re.MULTILINE), result.stdout
     assert "0 errors" in result.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("plugin", ["membio-https", "membio-tls"])
+def test_port_in_use_with_workers_ends_with_one_line(tmp_path: Path, plugin: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        extra = ["--backend", "tcp:127.0.0.1:9"] if plugin == "membio-tls" else []
+        result = subprocess.run(
+            [*twistd_command(), "-n", "--pidfile=", plugin, "--port", str(port), "--workers", "2",
+             "--cert-dir", str(tmp_path / "certs"), *extra],
+            capture_output=True, text=True, timeout=30, check=False, cwd=tmp_path,
+            env=subprocess_env(tmp_path / "home"),
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"twistd {plugin}: error: cannot listen on 127.0.0.1:{port}: the address is already in "
+        "use (another server, or another membio-https, is listening there); stop it or choose "
+        "another --port"
+    ], result.stderr
