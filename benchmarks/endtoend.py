@@ -816,6 +816,7 @@ def measure_idle(
         "--concurrency",
         "32",
         *(["--cafile", str(files.cert)] if server.kind.tls else ["--plain"]),
+        *("--server-pid", str(server.pid)),
     )
     process = subprocess.Popen(
         command,
@@ -1037,6 +1038,7 @@ def _collect(
         probed = False
         for round_number in range(sizes.rounds):
             started = time.perf_counter()
+            spent: dict[str, float] = {}
             # Idle memory on servers of its own, started fresh: memory that earlier workloads
             # allocated and freed would otherwise absorb the growth; and the other workloads
             # must not inherit whatever 2,000 connections leave behind.
@@ -1056,6 +1058,7 @@ def _collect(
                                 f"{probe(server, files, pin)}"
                             )
                     for workload in group:
+                        workload_started = time.perf_counter()
                         for name, server in list(servers.items()):
                             if workload.tls_only and not server.kind.tls:
                                 continue
@@ -1076,9 +1079,12 @@ def _collect(
                                 if cpu is not None:
                                     cpus.setdefault((row_key, name), []).append(cpu)
                                 works.setdefault((row_key, name), []).append(work)
+                        spent[workload.name] = time.perf_counter() - workload_started
             print(
                 f"[{SUITE}] round {round_number + 1}/{sizes.rounds} "
-                f"done in {time.perf_counter() - started:.1f} s",
+                f"done in {time.perf_counter() - started:.1f} s ("
+                + ", ".join(f"{name.removeprefix('e2e-')} {t:.1f}" for name, t in spent.items())
+                + ")",
                 file=sys.stderr,
             )
 

@@ -254,6 +254,10 @@ def handshakes(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def _fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def idle(args: argparse.Namespace) -> dict[str, object]:
     raise_fd_limit(args.connections + 64)
     context = None if args.plain else client_context(args.cafile)
@@ -265,7 +269,21 @@ def idle(args: argparse.Namespace) -> dict[str, object]:
         return Connection(selector, context, args.port, None, time.perf_counter() + args.timeout)
 
     wall0 = time.perf_counter()
-    _drive(selector, tally, start_one, opened, args.connections, None, args.concurrency)
+    if context is None and args.server_pid:
+        # A plain connect completes in the kernel before the server accepts it: opened
+        # faster than twistd accepts, Twisted's listen backlog (50) overflows and dropped SYNs
+        # cost a second each.  Open them in batches the backlog holds, each once accepted.
+        base = _fd_count(args.server_pid)
+        while tally.completed < args.connections:
+            want = min(args.connections, tally.completed + 32)
+            _drive(selector, tally, start_one, opened, want, None, args.concurrency)
+            deadline = time.monotonic() + args.timeout
+            while _fd_count(args.server_pid) - base < tally.completed:
+                if time.monotonic() > deadline:
+                    raise SystemExit("loadgen: the server does not accept the connections")
+                time.sleep(0.001)
+    else:
+        _drive(selector, tally, start_one, opened, args.connections, None, args.concurrency)
     result = {
         "completed": tally.completed,
         "wall": time.perf_counter() - wall0,
@@ -312,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     hs.add_argument("--server-pid", type=int)
     idle_parser = sub.choices["idle"]
     idle_parser.add_argument("--connections", type=int, required=True)
+    idle_parser.add_argument(
+        "--server-pid", type=int, help="with --plain: pace the connections to the server's accepts"
+    )
     args = parser.parse_args(argv)
     if not getattr(args, "plain", False) and not args.cafile:
         parser.error("--cafile is required for TLS")
