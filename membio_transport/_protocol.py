@@ -478,6 +478,10 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         """Half-close: send close_notify, then shut down our side of TCP."""
         if self.disconnecting or not self.connected:
             return
+        if self._engine.state is TLSState.PEER_CLOSED:
+            # The peer already closed its side: closing ours ends it all.
+            self.loseConnection()
+            return
         self._flush()
         if self._engine.state is TLSState.OPEN:
             try:

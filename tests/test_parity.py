@@ -461,3 +461,18 @@ class MembioParityTests(ParityTests, SynchronousTestCase):
         # connect() pumped the handshake through: paused while waiting, then resumed.
         assert producer.calls == ["pause", "resume"]
         assert bytes(pair.server.received) == b"x" * 1500
+
+    def test_half_close_after_the_peers_half_close_sends_close_notify(self) -> None:
+        server = HalfCloseApp()
+        client = HalfCloseApp()
+        pair = connect("membio", server_app=server, client_app=client)
+        pair.client.transport.loseWriteConnection()  # type: ignore[union-attr]
+        pair.flush()
+        assert server.read_lost
+        server.transport.write(b"last")  # type: ignore[union-attr]
+        server.transport.loseWriteConnection()  # type: ignore[union-attr]
+        pair.flush()
+        assert bytes(client.received) == b"last"
+        assert client.read_lost, "the client saw close_notify, not a bare end"
+        assert client.lost is not None and client.lost.check(ConnectionDone)
+        assert server.lost is not None and server.lost.check(ConnectionDone)

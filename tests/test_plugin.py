@@ -485,8 +485,12 @@ def test_curl_verifies_and_gets_text_or_html(https_server: _Running) -> None:
     assert re.search(r"Cipher:\s+TLS_\w+ \(\d+ bits\)", text)
     assert re.search(r"Key exchange group:\s+\S+", text)
     assert re.search(r"SNI server name:\s+localhost", text)
-    assert re.search(r"ALPN protocol:\s+http/1\.1", text)
+    # The test extras bring h2, so twisted.web speaks HTTP/2 and curl takes it.
+    assert re.search(r"ALPN protocol:\s+h2", text)
+    assert re.search(r"HTTP version:\s+HTTP/2", text)
     assert re.search(r"Client certificate:\s+none", text)
+    http11 = _curl("--cacert", str(https_server.ca), "--http1.1", https_server.url)
+    assert re.search(r"ALPN protocol:\s+http/1\.1", http11.stdout), http11.stderr
     tls12 = _curl("--cacert", str(https_server.ca), "--tls-max", "1.2", https_server.url)
     assert re.search(r"TLS version:\s+TLSv1\.2", tls12.stdout), tls12.stderr
     assert re.search(r"Cipher:\s+ECDHE-ECDSA-\S+-(GCM|POLY1305)", tls12.stdout)
