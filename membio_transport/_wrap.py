@@ -101,26 +101,32 @@ def startTLS(
     replaced by the TLS transport; ``connectionMade`` is not called again,
     and ``handshakeCompleted`` is, if the protocol listens for it.
 
-    @param protocol: a protocol whose ``transport`` delivers to it through
-        a ``protocol`` attribute, as Twisted's TCP, UNIX and in-memory
-        transports do.
+    @param protocol: a connected protocol.  Its transport must deliver
+        through a ``protocol`` attribute, as Twisted's TCP, UNIX and
+        in-memory transports do (to it, or to a wrapper in front of it).
     @param received: bytes the protocol already read past its STARTTLS
         command (for a ``LineReceiver``, what ``clearLineBuffer()``
         returns): they are the start of the peer's TLS stream.
     @return: the TLS transport now under C{protocol}.
     """
     transport: Any = getattr(protocol, "transport", None)
-    if transport is None or getattr(transport, "protocol", None) is not protocol:
+    # What the transport delivers to: the protocol itself, or a wrapper in
+    # front of it (an endpoint's, say) that forwards to it.  TLS goes
+    # between the transport and that receiver, so the chain stays intact.
+    receiver: Any = getattr(transport, "protocol", None)
+    if transport is None or receiver is None:
         raise ValueError(
-            "startTLS needs a connected protocol whose transport delivers to it "
-            "through a 'protocol' attribute"
+            "startTLS needs a connected protocol whose transport delivers through a "
+            "'protocol' attribute, as Twisted's TCP, UNIX and in-memory transports do"
         )
     factory = MemoryBIOTLSFactory(
         contextFactory, isClient, _ExistingProtocolFactory(protocol), clock, **factory_options
     )
-    tls = factory.protocol(factory, protocol, _connectWrapped=False)
+    tls = factory.protocol(factory, receiver, _connectWrapped=False)
     transport.protocol = tls
     protocol.transport = tls
+    if receiver is not protocol and getattr(receiver, "transport", None) is transport:
+        receiver.transport = tls
     tls.makeConnection(transport)
     if received:
         tls.dataReceived(received)

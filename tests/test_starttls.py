@@ -156,3 +156,54 @@ def test_wrapped_endpoints_carry_tls_over_real_loopback_tcp() -> Any:
         proto.transport.loseConnection()
     finally:
         yield port.stopListening()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "initiator_is_tls_client", [True, False], ids=["client-first", "server-first"]
+)
+@pytest_twisted.inlineCallbacks
+def test_starttls_over_real_loopback_tcp(initiator_is_tls_client: bool) -> Any:
+    """The same switch through real sockets and the real reactor."""
+    from twisted.internet import defer, reactor
+
+    initiator = Talker(tls_client=initiator_is_tls_client, initiator=True, clock=reactor)
+    responder = Talker(tls_client=not initiator_is_tls_client, initiator=False, clock=reactor)
+    done: defer.Deferred[None] = defer.Deferred()
+
+    def check_done(talker: Talker, line: bytes) -> None:
+        if (
+            len(initiator.lines) >= 2
+            and len(responder.lines) >= 3
+            and initiator.handshakes
+            and responder.handshakes
+            and not done.called
+        ):
+            done.callback(None)
+
+    for talker in (initiator, responder):
+        original = talker.lineReceived
+
+        def line_received(line: bytes, talker: Talker = talker, original: Any = original) -> None:
+            original(line)
+            check_done(talker, line)
+
+        talker.lineReceived = line_received  # type: ignore[method-assign]
+
+    port = reactor.listenTCP(  # type: ignore[attr-defined]
+        0, protocol.Factory.forProtocol(lambda: responder), interface="127.0.0.1"
+    )
+    try:
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+            protocol.Factory.forProtocol(lambda: initiator)
+        )
+        yield done.addTimeout(10, reactor)
+        assert responder.lines == [
+            b"plain hello from initiator", b"STARTTLS", b"secret from initiator"
+        ]
+        assert initiator.lines == [b"plain hello from responder", b"secret from responder"]
+        assert isinstance(initiator.transport, MemoryBIOTLSProtocol)
+        assert isinstance(responder.transport, MemoryBIOTLSProtocol)
+        initiator.transport.loseConnection()
+    finally:
+        yield port.stopListening()
