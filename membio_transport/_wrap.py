@@ -124,7 +124,7 @@ def startTLS(
     )
     tls = factory.protocol(factory, receiver, _connectWrapped=False)
     transport.protocol = tls
-    protocol.transport = tls
+    protocol.transport = tls  # type: ignore[attr-defined]  # every Protocol has one
     if receiver is not protocol and getattr(receiver, "transport", None) is transport:
         receiver.transport = tls
     tls.makeConnection(transport)
