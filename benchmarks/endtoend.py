@@ -966,6 +966,25 @@ def missing_tools(workloads: Sequence[Workload]) -> list[str]:
     return sorted(t for t in needed if shutil.which(t) is None)
 
 
+def _steal_ticks() -> dict[str, int]:
+    """Per-CPU 'steal' ticks from /proc/stat: time the hypervisor ran something else."""
+    found: dict[str, int] = {}
+    with contextlib.suppress(OSError), open("/proc/stat") as f:
+        for line in f:
+            fields = line.split()
+            if fields and fields[0].startswith("cpu") and fields[0] != "cpu" and len(fields) > 8:
+                found[fields[0]] = int(fields[8])
+    return found
+
+
+def _steal_text(before: dict[str, int], after: dict[str, int], seconds: float) -> str:
+    tick = os.sysconf("SC_CLK_TCK")
+    return ", ".join(
+        f"{cpu} {100 * (after[cpu] - before.get(cpu, after[cpu])) / tick / seconds:.1f}%"
+        for cpu in sorted(after)
+    )
+
+
 def _raise_fd_limit(needed: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
@@ -1041,6 +1060,7 @@ def _collect(
         probed = False
         for round_number in range(sizes.rounds):
             started = time.perf_counter()
+            steal0 = _steal_ticks()
             spent: dict[str, float] = {}
             # Idle memory on servers of its own, started fresh: memory that earlier workloads
             # allocated and freed would otherwise absorb the growth; and the other workloads
@@ -1088,7 +1108,8 @@ def _collect(
                 f"[{SUITE}] round {round_number + 1}/{sizes.rounds} "
                 f"done in {time.perf_counter() - started:.1f} s ("
                 + ", ".join(f"{name.removeprefix('e2e-')} {t:.1f}" for name, t in spent.items())
-                + ")",
+                + "); hypervisor steal "
+                + _steal_text(steal0, _steal_ticks(), time.perf_counter() - started),
                 file=sys.stderr,
             )
 
