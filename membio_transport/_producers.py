@@ -15,6 +15,7 @@ it remembers and asks once the engine has room.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
@@ -23,15 +24,29 @@ from zope.interface import implementer
 __all__ = ["ProducerProxy"]
 
 
+def _run(call: Callable[[], object]) -> None:
+    call()
+
+
 @implementer(IPushProducer)
 class ProducerProxy:
     """Stands in for the application's producer at the real transport."""
 
-    __slots__ = ("_by_tls", "_by_transport", "_missed_pull", "producer", "streaming")
+    __slots__ = ("_batched", "_by_tls", "_by_transport", "_missed_pull", "producer", "streaming")
 
-    def __init__(self, producer: Any, streaming: bool) -> None:
+    def __init__(
+        self,
+        producer: Any,
+        streaming: bool,
+        batched: Callable[[Callable[[], object]], None] | None = None,
+    ) -> None:
+        """
+        @param batched: runs a pull (the producer writing its next chunk)
+            so that everything it writes leaves as one burst.
+        """
         self.producer = producer
         self.streaming = streaming
+        self._batched = batched or _run
         self._by_transport = False
         self._by_tls = False
         self._missed_pull = False
@@ -50,7 +65,7 @@ class ProducerProxy:
             if self._by_tls:
                 self._missed_pull = True
             else:
-                self.producer.resumeProducing()
+                self._batched(self.producer.resumeProducing)
             return
         if self._by_transport:
             self._by_transport = False
@@ -76,6 +91,6 @@ class ProducerProxy:
         if not self.streaming:
             if self._missed_pull:
                 self._missed_pull = False
-                self.producer.resumeProducing()
+                self._batched(self.producer.resumeProducing)
         elif not self._by_transport:
             self.producer.resumeProducing()

@@ -27,6 +27,7 @@ transport stays usable (as harmless no-ops) after ``connectionLost``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from OpenSSL import SSL
@@ -365,10 +366,11 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
             self._batch = []
             self._batch_size = 0
         self._encrypt(data)
-        if self._unsent >= _DRAIN_THRESHOLD:
+        # Inside a callback, ciphertext waits for the flush that ends it
+        # (one transport write for the whole burst); elsewhere a full
+        # record's worth goes out now rather than a reactor turn later.
+        if not self._busy or self._unsent >= _DRAIN_THRESHOLD:
             self._flush()
-        else:
-            self._schedule_flush()
 
     def writeSequence(self, iovec: Any) -> None:
         self.write(b"".join(iovec))
@@ -570,7 +572,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         if not self.connected or self._engine.state not in _SENDABLE:
             producer.stopProducing()
             return
-        proxy = ProducerProxy(producer, streaming)
+        proxy = ProducerProxy(producer, streaming, self._batched)
         # Raises if a producer is already registered, as Twisted's does.
         self.transport.registerProducer(proxy, streaming)
         self._producer = proxy
@@ -587,6 +589,21 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
             self._flush()
             self._begin_close()
 
+    def _batched(self, call: Callable[[], object]) -> None:
+        """
+        Run C{call} (a pull producer producing) as one burst: its writes
+        leave in one transport write when it returns.
+        """
+        if self._busy:
+            call()
+            return
+        self._busy = True
+        try:
+            call()
+        finally:
+            self._busy = False
+        self._flush()
+
     def pauseProducing(self) -> None:
         """Stop delivering data to the application, buffered records included."""
         self._paused = True
@@ -596,7 +613,12 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         self._paused = False
         if self.connected:
             self.transport.resumeProducing()
-            self._process()
+            if self._busy:
+                # Called from inside a callback of ours: deliver what is
+                # waiting once that callback has returned.
+                self.factory.clock.callLater(0, self._process)
+            else:
+                self._process()
 
     def stopProducing(self) -> None:
         self.transport.stopProducing()
