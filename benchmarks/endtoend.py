@@ -4,8 +4,10 @@ The same static directory is served by three `twistd` processes:
 
 * ``twisted``: ``twistd web --listen ssl:...``, Twisted's own TLS layer (``TLSMemoryBIOFactory``
   under the ``ssl:`` endpoint, Twisted's default ``CertificateOptions``);
-* ``ours``: ``twistd membio-https`` from this checkout (its code, not an installed copy: the
-  checkout comes first on the server's ``PYTHONPATH``);
+* ``ours``: ``twistd membio-https`` from this checkout (its code, not an installed copy): the
+  package and its twistd plugin are copied when the run starts and that copy comes first on the
+  servers' ``PYTHONPATH``, so that every round measures the same code even while the working tree
+  changes;
 * ``no-tls``: ``twistd web --listen tcp:...``, plain HTTP, the ceiling for the other two.
 
 Both TLS servers use one ECDSA P-256 certificate generated for the run (clients trust it as their
@@ -209,6 +211,8 @@ class Files:
     client_conf: Path
     big_bytes: int
     small: bytes
+    #: A copy of the checkout's package and twistd plugin, taken when the run started.
+    source: Path
 
     @classmethod
     def create(cls, directory: Path, sizes: Sizes) -> Files:
@@ -230,7 +234,17 @@ class Files:
             "MinProtocol = TLSv1.3\n"
             f"Ciphersuites = {CIPHERSUITE}\n"
         )
-        return cls(directory, cert, key, www, conf, sizes.bulk_bytes, small)
+        source = directory / "source"
+        shutil.copytree(
+            ROOT / "membio_transport",
+            source / "membio_transport",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        plugins = source / "twisted" / "plugins"  # no __init__.py: Twisted's namespace
+        plugins.mkdir(parents=True)
+        for plugin in (ROOT / "twisted" / "plugins").glob("*.py"):
+            shutil.copy2(plugin, plugins)
+        return cls(directory, cert, key, www, conf, sizes.bulk_bytes, small, source)
 
     def client_env(self) -> dict[str, str]:
         return {**os.environ, "OPENSSL_CONF": str(self.client_conf)}
@@ -400,7 +414,9 @@ class Server:
         env = dict(os.environ)
         env.pop("OPENSSL_CONF", None)
         # The checkout's membio_transport first, as for the in-process suite.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(files.source), env.get("PYTHONPATH", "")) if p
+        )
         command = [
             *pin.server,
             *(wrapper or _twistd()),
