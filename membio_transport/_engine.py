@@ -127,7 +127,6 @@ class TLSEngine:
         "_framing",
         "_head_is_retry",
         "_header_part",
-        "_outgoing",
         "_pending",
         "_pending_size",
         "_records",
@@ -147,7 +146,6 @@ class TLSEngine:
             raise ValueError(f"send_buffer_limit must be positive, not {send_buffer_limit}")
         self._conn = connection
         self._state = TLSState.HANDSHAKING
-        self._outgoing: list[bytes] = []
         # A list, not a deque: it is nearly always empty, and an empty deque
         # costs ten times the memory of an empty list on every connection.
         self._pending: list[bytes | memoryview] = []
@@ -311,7 +309,13 @@ class TLSEngine:
         This is the one pump: every other method only queues work.
         """
         read = self._conn.bio_read
-        chunks = self._outgoing
+        try:
+            first = read(_BIO_READ_SIZE)
+        except SSL.WantReadError:
+            return b""
+        if len(first) < _BIO_READ_SIZE:
+            return first
+        chunks = [first]
         while True:
             try:
                 chunk = read(_BIO_READ_SIZE)
@@ -320,10 +324,7 @@ class TLSEngine:
             chunks.append(chunk)
             if len(chunk) < _BIO_READ_SIZE:
                 break
-        if not chunks:
-            return b""
-        self._outgoing = []
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return b"".join(chunks)
 
     # -- internals ---------------------------------------------------------
 

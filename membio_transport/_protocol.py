@@ -139,6 +139,8 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         self._busy = False
         # The application paused us (pauseProducing on this transport).
         self._paused = False
+        # It resumed us while we were busy, outside the delivery loop.
+        self._resume_pending = False
         # Reactor time of the last byte in or out (for the idle timeout).
         self._last_activity = 0.0
 
@@ -230,6 +232,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         if self._busy or engine.state is TLSState.FAILED:
             return
         self._busy = True
+        self._resume_pending = False
         try:
             while not self._paused or engine.state is _HANDSHAKING:
                 event = engine.next_event()
@@ -602,7 +605,10 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
             call()
         finally:
             self._busy = False
-        self._flush()
+        if self._resume_pending:
+            self._process()
+        else:
+            self._flush()
 
     def pauseProducing(self) -> None:
         """Stop delivering data to the application, buffered records included."""
@@ -610,15 +616,20 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
+        was_paused = self._paused
         self._paused = False
-        if self.connected:
-            self.transport.resumeProducing()
-            if self._busy:
-                # Called from inside a callback of ours: deliver what is
-                # waiting once that callback has returned.
-                self.factory.clock.callLater(0, self._process)
-            else:
-                self._process()
+        if not self.connected:
+            return
+        self.transport.resumeProducing()
+        if not was_paused:
+            # twisted.web resumes after every request, paused or not.
+            return
+        if self._busy:
+            # Inside a callback of ours: the delivery loop, if that is where
+            # we are, sees the change itself; `_batched` looks at this flag.
+            self._resume_pending = True
+        else:
+            self._process()
 
     def stopProducing(self) -> None:
         self.transport.stopProducing()

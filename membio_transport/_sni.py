@@ -114,12 +114,13 @@ def _dns_names(certificate: ServerCertificate) -> list[str]:
             normalize_name(name)
         except CertificateError:
             continue
-        if not _is_ip(name):
+        if not is_ip_address(name):
             names.append(name.lower())
     return names
 
 
-def _is_ip(name: str) -> bool:
+def is_ip_address(name: str) -> bool:
+    """Whether C{name} is an IPv4 or IPv6 address rather than a host name."""
     import ipaddress
 
     try:

@@ -49,6 +49,7 @@ from ._hardening import HardeningOptions, default_alpn
 from ._info_page import TLSInfoPage
 from ._options import PROFILES
 from ._site import SecureSite
+from ._sni import is_ip_address
 
 __all__ = ["DEFAULT_PORT", "HTTPSService", "Options", "StartupError", "makeService"]
 
@@ -736,7 +737,7 @@ class HTTPSService(Service):
 def _browse_names(host: str, plan: _Plan) -> list[str]:
     """Names a browser can use for C{host} that the certificate covers."""
     names = list(plan.certificate.names)
-    dns = [name for name in names if not _is_ip(name) and not name.startswith("*.")]
+    dns = [name for name in names if not is_ip_address(name) and not name.startswith("*.")]
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -761,14 +762,6 @@ def _is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def makeService(options: Options) -> Service:

@@ -476,3 +476,21 @@ class MembioParityTests(ParityTests, SynchronousTestCase):
         assert client.read_lost, "the client saw close_notify, not a bare end"
         assert client.lost is not None and client.lost.check(ConnectionDone)
         assert server.lost is not None and server.lost.check(ConnectionDone)
+
+    def test_pause_and_resume_within_one_callback_keeps_delivering_in_order(self) -> None:
+        pair = connect("membio")
+        scheduled: list[int] = []
+
+        def toggle(app: App, data: bytes) -> None:
+            app.transport.pauseProducing()  # type: ignore[union-attr]
+            app.transport.resumeProducing()  # type: ignore[union-attr]
+            scheduled.append(len(pair.clock.getDelayedCalls()))
+
+        pair.server.on_data = toggle
+        payload = os.urandom(40000)
+        pair.client.transport.write(payload)  # type: ignore[union-attr]
+        pair.flush()
+        assert bytes(pair.server.received) == payload
+        assert len(pair.server.chunks) == 3
+        # The running delivery loop carried on: nothing was deferred.
+        assert scheduled == [0, 0, 0]
