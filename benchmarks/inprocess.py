@@ -21,7 +21,6 @@ from __future__ import annotations
 import abc
 import argparse
 import contextlib
-import datetime
 import gc
 import importlib
 import sys
@@ -33,9 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -130,23 +127,14 @@ class _Stopwatch:
 
 
 def make_certificate() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A fresh ECDSA P-256 self-signed certificate for ``localhost``, in memory."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTNAME)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOSTNAME)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    """
+    A fresh ECDSA P-256 self-signed certificate for ``localhost``, in memory,
+    from the project's own certificate factory.
+    """
+    from membio_transport._certs import generate_leaf
+
+    certificate, key = generate_leaf([HOSTNAME], "ecdsa")
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
     return key, certificate
 
 
