@@ -25,7 +25,7 @@ from typing import Any
 from twisted.internet import defer, protocol, ssl, task
 from twisted.protocols.basic import LineReceiver
 
-from membio_transport import MemoryBIOTLSFactory
+from membio_transport import MemoryBIOTLSFactory, ServerTLSOptions, server_context
 
 
 class Echo(protocol.Protocol):
@@ -50,22 +50,11 @@ class EchoClient(LineReceiver):
             self.factory.done.callback(None)
 
 
-def server_options(cert: Path, key: Path) -> ssl.CertificateOptions:
-    """Certificate options for a PEM chain (leaf first, then intermediates) and its key."""
-    blocks = [
-        block + b"-----END CERTIFICATE-----\n"
-        for block in cert.read_bytes().split(b"-----END CERTIFICATE-----")
-        if b"BEGIN" in block
-    ]
-    leaf = ssl.PrivateCertificate.loadPEM(blocks[0] + key.read_bytes())
-    chain = [ssl.Certificate.loadPEM(block).original for block in blocks[1:]]
-    return ssl.CertificateOptions(
-        privateKey=leaf.privateKey.original, certificate=leaf.original, extraCertChain=chain
-    )
-
-
 def serve(reactor: Any, args: argparse.Namespace) -> defer.Deferred[None]:
-    options = server_options(Path(args.cert).expanduser(), Path(args.key).expanduser())
+    # The package's hardened server settings (TLS 1.2+, AEAD ciphers, resumption).
+    options = ServerTLSOptions(
+        server_context(Path(args.cert).expanduser(), Path(args.key).expanduser())
+    )
     plain = protocol.Factory.forProtocol(Echo)
     # The only TLS-specific line: wrap the factory, then listen as usual.
     port = reactor.listenTCP(args.port, MemoryBIOTLSFactory(options, False, plain),

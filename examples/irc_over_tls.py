@@ -26,24 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from twisted.cred import checkers, portal
-from twisted.internet import defer, ssl, task
+from twisted.internet import defer, task
 from twisted.words import service
 
-from membio_transport import MemoryBIOTLSFactory
-
-
-def server_options(cert: Path, key: Path) -> ssl.CertificateOptions:
-    """Certificate options for a PEM chain (leaf first, then intermediates) and its key."""
-    blocks = [
-        block + b"-----END CERTIFICATE-----\n"
-        for block in cert.read_bytes().split(b"-----END CERTIFICATE-----")
-        if b"BEGIN" in block
-    ]
-    leaf = ssl.PrivateCertificate.loadPEM(blocks[0] + key.read_bytes())
-    chain = [ssl.Certificate.loadPEM(block).original for block in blocks[1:]]
-    return ssl.CertificateOptions(
-        privateKey=leaf.privateKey.original, certificate=leaf.original, extraCertChain=chain
-    )
+from membio_transport import MemoryBIOTLSFactory, ServerTLSOptions, server_context
 
 
 def irc_factory(users: list[str], name: str = "membio-irc") -> service.IRCFactory:
@@ -59,7 +45,10 @@ def irc_factory(users: list[str], name: str = "membio-irc") -> service.IRCFactor
 
 
 def main(reactor: Any, args: argparse.Namespace) -> defer.Deferred[None]:
-    options = server_options(Path(args.cert).expanduser(), Path(args.key).expanduser())
+    # The package's hardened server settings (TLS 1.2+, AEAD ciphers, resumption).
+    options = ServerTLSOptions(
+        server_context(Path(args.cert).expanduser(), Path(args.key).expanduser())
+    )
     tls = MemoryBIOTLSFactory(options, False, irc_factory(args.user))
     port = reactor.listenTCP(args.port, tls, interface=args.interface)
     print(f"IRC over TLS on {args.interface}:{port.getHost().port}", flush=True)

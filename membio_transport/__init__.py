@@ -16,6 +16,7 @@ from ._errors import (
     TLSTruncationError,
 )
 from ._factory import MemoryBIOTLSFactory
+from ._options import ServerTLSOptions, server_context
 from ._protocol import MemoryBIOTLSProtocol
 from ._state import TLSState
 from ._stats import TLSStats
@@ -25,6 +26,7 @@ __all__ = [
     "Event",
     "MemoryBIOTLSFactory",
     "MemoryBIOTLSProtocol",
+    "ServerTLSOptions",
     "TLSConnectionError",
     "TLSEngine",
     "TLSError",
@@ -34,6 +36,7 @@ __all__ = [
     "TLSStateError",
     "TLSStats",
     "TLSTruncationError",
+    "server_context",
     "startTLS",
     "wrapClientTLS",
     "wrapServerTLS",
