@@ -327,11 +327,16 @@ def main() -> None:
     from membio_transport._certs import ensure_certificate
 
     made = ensure_certificate(directory / "state", ["localhost", "127.0.0.1"], mode="self-signed")
+    try:
+        run_rounds(args, directory, made.cert_path, made.key_path)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run_rounds(args: argparse.Namespace, directory: Path, cert: Path, key: Path) -> None:
     for _ in range(args.rounds):
         for variant in args.variant or ["base"]:
-            result = measure(
-                args.server, variant, args.n, directory, made.cert_path, made.key_path, args.fetch
-            )
+            result = measure(args.server, variant, args.n, directory, cert, key, args.fetch)
             print(
                 f"{result['server']:8} {result['variant']:10} n={result['n']}: "
                 f"VmRSS +{result['rss_per_conn']:.2f} KiB/conn, "

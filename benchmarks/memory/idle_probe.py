@@ -37,6 +37,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -357,6 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="membio-idle-probe-"))
     cert, key = make_certificate(directory)
     ctx = server_context(cert, key, alpn=[b"h2", b"http/1.1"], keylog=None)
+    shutil.rmtree(directory)  # the context holds the certificate and key now
     if args.no_release_buffers:
         ctx.set_mode(0)  # no-op; cleared per connection below (there is no SSL_CTX_clear_mode)
     if args.tickets is not None:
