@@ -78,19 +78,10 @@ from OpenSSL._util import ffi as _openssl_ffi
 from OpenSSL._util import lib as _openssl_lib
 
 from ._errors import TLSConnectionError, TLSStateError, classify
+from ._record_io import record_io
 from ._state import CAN_SEND, TLSState, check_transition
 
 __all__ = ["DEFAULT_SEND_BUFFER_LIMIT", "Event", "TLSEngine"]
-
-#: Largest plaintext one ``recv`` can return: a TLS record carries at most
-#: 16 KiB, and OpenSSL returns one record per call.
-_RECV_SIZE: Final = 16384
-
-#: Size of each ``bio_read`` while draining.  Large, so that a burst of
-#: records (a 64 KiB write, a handshake flight with a long chain) usually
-#: leaves in one read; a short read proves the BIO is empty without paying
-#: for the WantReadError that an extra read would raise.
-_BIO_READ_SIZE: Final = 256 * 1024
 
 #: Default high-water mark for plaintext queued inside the engine (written
 #: during the handshake or while a write waits on a read).  Matches the
@@ -127,6 +118,7 @@ class TLSEngine:
         "_framing",
         "_head_is_retry",
         "_header_part",
+        "_io",
         "_pending",
         "_pending_size",
         "_records",
@@ -141,10 +133,12 @@ class TLSEngine:
         *,
         server_side: bool,
         send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
+        direct_io: bool = True,
     ) -> None:
         if send_buffer_limit <= 0:
             raise ValueError(f"send_buffer_limit must be positive, not {send_buffer_limit}")
         self._conn = connection
+        self._io = record_io(connection, direct=direct_io)
         self._state = TLSState.HANDSHAKING
         # A list, not a deque: it is nearly always empty, and an empty deque
         # costs ten times the memory of an empty list on every connection.
@@ -195,7 +189,7 @@ class TLSEngine:
         by talking past the end of the session.
         """
         if data and self._state in _READABLE:
-            self._conn.bio_write(data)
+            self._io.feed(data)
             if self._framing:
                 self._count_records(data)
 
@@ -268,9 +262,7 @@ class TLSEngine:
         if state is TLSState.OPEN or state is TLSState.LOCAL_CLOSED:
             if self._records or not self._framing or self._saw_eof:
                 try:
-                    data: bytes = self._conn.recv(_RECV_SIZE)
-                except SSL.WantReadError:
-                    self._records = 0
+                    data = self._io.read()
                 except SSL.ZeroReturnError:
                     self._set_state(
                         TLSState.CLOSED if state is TLSState.LOCAL_CLOSED else TLSState.PEER_CLOSED
@@ -278,10 +270,11 @@ class TLSEngine:
                     return Event.PEER_CLOSED
                 except SSL.Error as e:
                     raise self._fail(e) from None
-                else:
+                if data is not None:
                     if self._records:
                         self._records -= 1
                     return data
+                self._records = 0
             # A read that made progress may have finished a renegotiation
             # that a queued write was waiting for.
             if self._pending:
@@ -308,23 +301,7 @@ class TLSEngine:
 
         This is the one pump: every other method only queues work.
         """
-        read = self._conn.bio_read
-        try:
-            first = read(_BIO_READ_SIZE)
-        except SSL.WantReadError:
-            return b""
-        if len(first) < _BIO_READ_SIZE:
-            return first
-        chunks = [first]
-        while True:
-            try:
-                chunk = read(_BIO_READ_SIZE)
-            except SSL.WantReadError:
-                break
-            chunks.append(chunk)
-            if len(chunk) < _BIO_READ_SIZE:
-                break
-        return b"".join(chunks)
+        return self._io.drain()
 
     # -- internals ---------------------------------------------------------
 
@@ -374,26 +351,17 @@ class TLSEngine:
         Encrypt C{data}; whatever a WantRead leaves unsent goes back to the
         head of the queue.  Return True if everything was written.
         """
-        send = self._conn.send
-        size = len(data)
-        written = 0
         try:
-            written = send(data)
-            if written < size:
-                # OpenSSL writes one record per call: walk a view over the
-                # rest rather than slicing copies.
-                view = memoryview(data)
-                while written < size:
-                    written += send(view[written:])
-        except SSL.WantReadError:
-            rest = memoryview(data)[written:] if written else data
-            self._pending.insert(0, rest)
-            self._pending_size += len(rest)
-            self._head_is_retry = True
-            return False
+            written = self._io.write(data)
         except SSL.Error as e:
             raise self._fail(e) from None
-        return True
+        if written == len(data):
+            return True
+        rest = memoryview(data)[written:] if written else data
+        self._pending.insert(0, rest)
+        self._pending_size += len(rest)
+        self._head_is_retry = True
+        return False
 
     def _flush_pending(self) -> None:
         pending = self._pending

@@ -13,7 +13,8 @@ module only decides *when* to feed it and where its output goes:
   ``connectionMade``, ``handshakeCompleted``) are batched and encrypted
   together when the callback returns; small writes made from elsewhere are
   batched until the next reactor turn.  Large writes are encrypted at once,
-  without copies, and their ciphertext leaves in bursts of up to 256 KiB.
+  without copies, and their ciphertext leaves at the same moments, or
+  sooner once 256 KiB of it has built up.
 * Pausing this transport stops delivery at once, including records that
   already arrived: the engine simply is not asked for more events.
 
@@ -369,11 +370,13 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
             self._batch = []
             self._batch_size = 0
         self._encrypt(data)
-        # Inside a callback, ciphertext waits for the flush that ends it
-        # (one transport write for the whole burst); elsewhere a full
-        # record's worth goes out now rather than a reactor turn later.
-        if not self._busy or self._unsent >= _DRAIN_THRESHOLD:
+        # The ciphertext waits in the outgoing BIO for the flush that ends
+        # the current callback, or for the next reactor turn (the transport
+        # would not send it sooner): one transport write for a whole burst.
+        if self._unsent >= _DRAIN_THRESHOLD:
             self._flush()
+        else:
+            self._schedule_flush()
 
     def writeSequence(self, iovec: Any) -> None:
         self.write(b"".join(iovec))

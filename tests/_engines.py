@@ -43,7 +43,11 @@ class Side:
 
 
 def engine_pair(
-    pki: PKI, version: int | None = None, *, send_buffer_limit: int = 256 * 1024
+    pki: PKI,
+    version: int | None = None,
+    *,
+    send_buffer_limit: int = 256 * 1024,
+    direct_io: bool = True,
 ) -> tuple[Side, Side]:
     server_conn = SSL.Connection(pki.server_context(version), None)
     server_conn.set_accept_state()
@@ -51,8 +55,22 @@ def engine_pair(
     client_conn.set_connect_state()
     client_conn.set_tlsext_host_name(b"localhost")
     return (
-        Side(TLSEngine(client_conn, server_side=False, send_buffer_limit=send_buffer_limit)),
-        Side(TLSEngine(server_conn, server_side=True, send_buffer_limit=send_buffer_limit)),
+        Side(
+            TLSEngine(
+                client_conn,
+                server_side=False,
+                send_buffer_limit=send_buffer_limit,
+                direct_io=direct_io,
+            )
+        ),
+        Side(
+            TLSEngine(
+                server_conn,
+                server_side=True,
+                send_buffer_limit=send_buffer_limit,
+                direct_io=direct_io,
+            )
+        ),
     )
 
 

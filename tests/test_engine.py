@@ -23,12 +23,38 @@ from membio_transport import (
     TLSState,
     TLSStateError,
     TLSTruncationError,
+    _engine,
+    _record_io,
 )
+from membio_transport._record_io import DirectRecordIO, PublicRecordIO, record_io
 
 from ._engines import Side, StdlibPeer, engine_pair, pump, pump_with_stdlib
 from ._pki import LONG_CHAIN_DER_BYTES, PKI, KeyType, make_pki
 
 VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Hypothesis tests draw the path themselves: pytest-twisted cannot run
+    # one parametrized Hypothesis test twice in a session.
+    if "record_io_path" in metafunc.fixturenames and not hasattr(
+        metafunc.function, "hypothesis"
+    ):
+        metafunc.parametrize("record_io_path", ["direct", "public"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def record_io_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """
+    Every rule here holds over both ways of reaching OpenSSL: the direct
+    binding calls and pyOpenSSL's public methods (the fallback).
+    """
+    path = str(getattr(request, "param", "direct"))
+    if path == "public":
+        monkeypatch.setattr(
+            _engine, "record_io", lambda conn, direct=True: record_io(conn, direct=False)
+        )
+    return path
 
 
 @pytest.fixture(params=["ecdsa", "rsa"])
@@ -109,9 +135,10 @@ def test_a_100KiB_certificate_chain_completes_the_handshake() -> None:
     sizes=st.lists(st.integers(min_value=1, max_value=65536), min_size=1, max_size=8),
     payload_size=st.integers(min_value=0, max_value=300_000),
     tls13=st.booleans(),
+    direct=st.booleans(),
 )
 def test_any_chunking_of_the_byte_stream_delivers_the_same_bytes(
-    sizes: list[int], payload_size: int, tls13: bool
+    sizes: list[int], payload_size: int, tls13: bool, direct: bool
 ) -> None:
     pki = make_pki("ecdsa")
     version = SSL.TLS1_3_VERSION if tls13 else SSL.TLS1_2_VERSION
@@ -125,7 +152,7 @@ def test_any_chunking_of_the_byte_stream_delivers_the_same_bytes(
             pos += step
             i += 1
 
-    client, server = engine_pair(pki, version)
+    client, server = engine_pair(pki, version, direct_io=direct)
     payload = os.urandom(payload_size)
     client.engine.send(payload)
     server.engine.send(payload[::-1])
@@ -494,3 +521,39 @@ def test_the_reason_skips_openssls_generic_summary_line() -> None:
         ]
     )
     assert describe(error) == "decryption failed or bad record mac"
+
+
+def test_engines_on_this_pyopenssl_take_the_direct_path(pki: PKI) -> None:
+    client, server = open_pair(pki)
+    # The fixture forces the public path for half the runs; the default must
+    # be direct on the pyOpenSSL this project pins, or the speed is gone.
+    conn = SSL.Connection(pki.server_context(), None)
+    assert isinstance(record_io(conn), DirectRecordIO)
+    client.engine.send(b"x" * 70000)
+    pump(client, server)
+    assert server.received == b"x" * 70000
+
+
+def test_a_binding_without_the_needed_functions_falls_back_to_the_public_api(
+    pki: PKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_record_io, "_BINDING_COMPLETE", False)
+    conn = SSL.Connection(pki.server_context(), None)
+    assert isinstance(record_io(conn), PublicRecordIO)
+
+
+def test_a_failed_direct_read_raises_what_pyopenssl_would(pki: PKI) -> None:
+    """Errors on the direct path go through pyOpenSSL's own translation."""
+    outcomes = []
+    for direct in (True, False):
+        client, server = engine_pair(pki, direct_io=direct)
+        pump(client, server)
+        client.engine.send(b"secret")
+        record = bytearray(client.engine.data_to_send())
+        record[-1] ^= 0xFF  # corrupt the authentication tag
+        server.engine.receive(bytes(record))
+        with pytest.raises(TLSProtocolError) as caught:
+            server.drain_events()
+        error = caught.value
+        outcomes.append((type(error), error.reason, error.args))
+    assert outcomes[0] == outcomes[1]
