@@ -34,9 +34,13 @@ retried, unchanged, after the next read makes progress.  OpenSSL requires
 exactly that (a retried write must carry the same bytes), and it is what
 keeps data from being lost or duplicated across renegotiation.
 
-*Knowing when to stop reading.*  Reading until ``recv`` raises WantRead
-costs an exception and a buffer allocation per batch of input; for small
-messages that is a large share of the work.  The engine therefore follows
+*The calls per record* (feed ciphertext, decrypt, encrypt, drain) go
+through `_record_io`, which makes them directly on OpenSSL where the
+binding allows and through pyOpenSSL's public methods otherwise.
+
+*Knowing when to stop reading.*  Reading until OpenSSL says WantRead costs
+a buffer allocation and two C calls per batch of input (and an exception
+through pyOpenSSL); for small messages that is a large share of the work.  The engine therefore follows
 the record framing of the incoming stream (5-byte headers carry each
 record's length) and keeps an upper bound on the complete records not yet
 consumed; once it reaches zero, `next_event` reports NEED_DATA without
