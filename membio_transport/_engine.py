@@ -40,13 +40,18 @@ binding allows and through pyOpenSSL's public methods otherwise.
 
 *Knowing when to stop reading.*  Reading until OpenSSL says WantRead costs
 a buffer allocation and two C calls per batch of input (and an exception
-through pyOpenSSL); for small messages that is a large share of the work.  The engine therefore follows
-the record framing of the incoming stream (5-byte headers carry each
-record's length) and keeps an upper bound on the complete records not yet
-consumed; once it reaches zero, `next_event` reports NEED_DATA without
-asking OpenSSL.  The bound can only err high (OpenSSL consumes handshake
+through pyOpenSSL); for small messages that is a large share of the work.
+The engine therefore follows the record framing of the incoming stream
+(5-byte headers carry each record's length) and keeps an upper bound on
+the complete records not yet consumed; once it reaches zero, `next_event`
+reports NEED_DATA without asking OpenSSL.  The bound can only err high (OpenSSL consumes handshake
 and ticket records silently), which costs one redundant ``recv``, never a
 missed record.
+
+*Memory.*  A memory BIO keeps the largest buffer it ever grew to.  Once
+the handshake's last flight has been drained, both BIOs are swapped for
+empty ones; after a burst of traffic the Twisted layer asks for the same
+(`release_buffers`) when the connection has gone quiet (`_reclaim`).
 
 *Pending plaintext.*  Application data written during the handshake, or
 while a write is blocked as above, waits in a queue.  Its size is reported
@@ -126,6 +131,7 @@ class TLSEngine:
         "_pending",
         "_pending_size",
         "_records",
+        "_release_due",
         "_saw_eof",
         "_state",
         "send_buffer_limit",
@@ -157,6 +163,9 @@ class TLSEngine:
         self._records = 0
         self._frame_left = 0
         self._header_part = b""
+        # The handshake grew both BIOs; their memory goes back once its
+        # last flight has been drained (see `data_to_send`).
+        self._release_due = False
         self.send_buffer_limit = send_buffer_limit
         if server_side:
             connection.set_options(SSL.OP_NO_RENEGOTIATION)
@@ -292,6 +301,7 @@ class TLSEngine:
             except SSL.Error as e:
                 raise self._fail(e) from None
             self._set_state(TLSState.OPEN)
+            self._release_due = self._io.can_release
             if self._pending:
                 self._flush_pending()
             return Event.HANDSHAKE_COMPLETE
@@ -305,7 +315,22 @@ class TLSEngine:
 
         This is the one pump: every other method only queues work.
         """
-        return self._io.drain()
+        out = self._io.drain()
+        if self._release_due:
+            # Retried on later drains while the peer's next record is
+            # still arriving (the incoming BIO is not empty).
+            self._release_due = not self.release_buffers()
+        return out
+
+    def release_buffers(self) -> bool:
+        """
+        Give back the memory the BIOs grew to (the handshake, a burst of
+        traffic) if nothing is waiting in them; True if that was done.
+        Idle connections call for it; a busy one would only grow them again.
+        """
+        if self._state is not TLSState.OPEN or self._saw_eof:
+            return False
+        return self._io.release_buffers()
 
     # -- internals ---------------------------------------------------------
 

@@ -26,6 +26,7 @@ from zope.interface.declarations import Declaration
 
 from ._engine import DEFAULT_SEND_BUFFER_LIMIT
 from ._protocol import MemoryBIOTLSProtocol
+from ._reclaim import BufferReclaimer
 from ._sniff import PlainHTTPPolicy
 from ._stats import TLSStats
 
@@ -148,6 +149,7 @@ class MemoryBIOTLSFactory(WrappingFactory):
         self.idle_timeout = idle_timeout
         self.plain_http: PlainHTTPPolicy | None = plain_http
         self.stats = stats if stats is not None else TLSStats()
+        self._reclaimer: BufferReclaimer | None = None
 
     @property
     def clock(self) -> IReactorTime:
@@ -156,6 +158,13 @@ class MemoryBIOTLSFactory(WrappingFactory):
 
             self._clock = cast(IReactorTime, reactor)
         return self._clock
+
+    @property
+    def reclaimer(self) -> BufferReclaimer:
+        """Gives back what bursts of traffic grew in quiet connections."""
+        if self._reclaimer is None:
+            self._reclaimer = BufferReclaimer(self.clock)
+        return self._reclaimer
 
     def logPrefix(self) -> str:
         wrapped = self.wrappedFactory

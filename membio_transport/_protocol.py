@@ -54,6 +54,7 @@ from zope.interface import implementer, providedBy
 from ._engine import Event, TLSEngine
 from ._errors import TLSConnectionError, TLSHandshakeError, TLSTruncationError
 from ._producers import ProducerProxy
+from ._reclaim import BURST_SIZE
 from ._sniff import Preamble, answer_plain_http, classify
 from ._state import TLSState
 
@@ -173,6 +174,10 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
             self._busy = False
         self._process()
 
+    def release_buffers(self) -> bool:
+        """Free the memory bursts grew in the engine (called when quiet)."""
+        return bool(self.connected) and self._engine.release_buffers()
+
     def getHandle(self) -> SSL.Connection:
         """The pyOpenSSL connection (for ``Certificate.peerFromTransport``)."""
         return self._engine.connection
@@ -181,6 +186,8 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
 
     def dataReceived(self, data: bytes) -> None:
         self.factory.stats.bytes_received += len(data)
+        if len(data) >= BURST_SIZE:
+            self.factory.reclaimer.burst(self)
         if self._idle_timer is not None:
             self._last_activity = self.factory.clock.seconds()
         if self._preamble is not None:
@@ -422,6 +429,8 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         self._unsent = 0
         out = self._engine.data_to_send()
         if out and self.connected:
+            if len(out) >= BURST_SIZE:
+                self.factory.reclaimer.burst(self)
             self.factory.stats.bytes_sent += len(out)
             if self._idle_timer is not None:
                 self._last_activity = self.factory.clock.seconds()
@@ -558,6 +567,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
                 timer.cancel()
         self._close_timer = self._idle_timer = self._handshake_timer = None
         self.factory.stats.active -= 1
+        self.factory.reclaimer.forget(self)
         # From here on the transport is gone: what the application writes
         # while we deliver the last records is dropped, not sent.
         self.connected = 0

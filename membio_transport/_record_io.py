@@ -51,6 +51,9 @@ _PUBLIC_BIO_READ_SIZE: Final = 256 * 1024
 class RecordIO(Protocol):
     """What the engine needs from OpenSSL once the handshake is done."""
 
+    #: Whether `release_buffers` can ever succeed.
+    can_release: bool
+
     def feed(self, data: bytes) -> None:
         """Append ciphertext from the peer to the incoming BIO."""
 
@@ -71,11 +74,18 @@ class RecordIO(Protocol):
     def drain(self) -> bytes:
         """Empty the outgoing BIO; C{b""} if it was empty."""
 
+    def release_buffers(self) -> bool:
+        """
+        Give back the memory both BIOs grew to, if both are empty; True if
+        that was done.
+        """
+
 
 class PublicRecordIO:
     """`RecordIO` through pyOpenSSL's public methods only."""
 
     __slots__ = ("_conn",)
+    can_release = False
 
     def __init__(self, connection: SSL.Connection) -> None:
         self._conn = connection
@@ -126,6 +136,10 @@ class PublicRecordIO:
                 break
         return b"".join(chunks)
 
+    def release_buffers(self) -> bool:
+        # pyOpenSSL has no public call to replace a connection's BIOs.
+        return False
+
 
 # Bound once: each attribute lookup on the binding module costs as much as
 # the C call it names, for small records.
@@ -136,6 +150,10 @@ _BIO_read: Any = getattr(_lib, "BIO_read", None)
 _BIO_write: Any = getattr(_lib, "BIO_write", None)
 _BIO_get_mem_data: Any = getattr(_lib, "BIO_get_mem_data", None)
 _SSL_clear_mode: Any = getattr(_lib, "SSL_clear_mode", None)
+_SSL_set_bio: Any = getattr(_lib, "SSL_set_bio", None)
+_BIO_new: Any = getattr(_lib, "BIO_new", None)
+_BIO_s_mem: Any = getattr(_lib, "BIO_s_mem", None)
+_BIO_free: Any = getattr(_lib, "BIO_free", None)
 _WANT_READ: Final = getattr(_lib, "SSL_ERROR_WANT_READ", 2)
 _PARTIAL_WRITE: Final = getattr(_lib, "SSL_MODE_ENABLE_PARTIAL_WRITE", 1)
 _NULL: Final = _ffi.NULL
@@ -147,7 +165,7 @@ _alloc = _ffi.new_allocator(should_clear_after_alloc=False)
 
 _BINDING_COMPLETE: Final = None not in (
     _SSL_read, _SSL_write, _SSL_get_error, _BIO_read, _BIO_write, _BIO_get_mem_data,
-    _SSL_clear_mode,
+    _SSL_clear_mode, _SSL_set_bio, _BIO_new, _BIO_s_mem, _BIO_free,
 )
 
 
@@ -155,6 +173,7 @@ class DirectRecordIO:
     """`RecordIO` through OpenSSL's functions, on a pyOpenSSL connection's handles."""
 
     __slots__ = ("_conn", "_incoming", "_outgoing", "_ssl")
+    can_release = True
 
     def __init__(self, connection: SSL.Connection) -> None:
         self._conn: Any = connection
@@ -204,6 +223,31 @@ class DirectRecordIO:
         buf = _alloc("char[]", pending)
         read = _BIO_read(outgoing, buf, pending)
         return _as_buffer(buf, read)[:] if read > 0 else b""
+
+    def release_buffers(self) -> bool:
+        """
+        Swap both memory BIOs for new, empty ones.
+
+        A memory BIO keeps the largest buffer it ever grew to: 1.4 KiB after
+        a TLS 1.3 handshake (4.4 KiB when the client sent an ML-KEM key
+        share), about 4/3 of the largest burst after traffic.  Only empty
+        BIOs may go: their contents belong to the session.  SSL_set_bio
+        frees the old pair; pyOpenSSL's own bio_* methods use the handles
+        stored on the connection, so those move too.
+        """
+        incoming, outgoing = self._incoming, self._outgoing
+        if _BIO_get_mem_data(incoming, _NULL) or _BIO_get_mem_data(outgoing, _NULL):
+            return False
+        new_in, new_out = _BIO_new(_BIO_s_mem()), _BIO_new(_BIO_s_mem())
+        if new_in == _NULL or new_out == _NULL:
+            for bio in (new_in, new_out):
+                if bio != _NULL:
+                    _BIO_free(bio)
+            return False
+        _SSL_set_bio(self._ssl, new_in, new_out)
+        self._conn._into_ssl = self._incoming = new_in
+        self._conn._from_ssl = self._outgoing = new_out
+        return True
 
     def _raise(self, result: int) -> NoReturn:
         # pyOpenSSL's own translation: the exception its recv/send would

@@ -482,9 +482,10 @@ class MembioParityTests(ParityTests, SynchronousTestCase):
         scheduled: list[int] = []
 
         def toggle(app: App, data: bytes) -> None:
+            before = len(pair.clock.getDelayedCalls())
             app.transport.pauseProducing()  # type: ignore[union-attr]
             app.transport.resumeProducing()  # type: ignore[union-attr]
-            scheduled.append(len(pair.clock.getDelayedCalls()))
+            scheduled.append(len(pair.clock.getDelayedCalls()) - before)
 
         pair.server.on_data = toggle
         payload = os.urandom(40000)

@@ -254,7 +254,7 @@ def measure(
         rss0, fds0 = rss_kib(proc.pid), fds(proc.pid)
         if fetch:
             held = fetch_and_hold(port, cert, n, fetch)
-            time.sleep(1.0)
+            time.sleep(5.0)  # the reclaimer releases 1-2 periods (2 s) after the last burst
             wait_quiet(proc.pid)
             rss1 = rss_kib(proc.pid)
             gdb_malloc_trim(proc.pid)

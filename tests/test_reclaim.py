@@ -1,0 +1,147 @@
+"""
+Memory that a connection's BIOs grew to is given back: after the handshake
+at once, after a burst of traffic once the connection has gone quiet.  The
+sweeper's rules are checked with stand-in connections and a fake clock; the
+engine's release with real sessions; the whole path over an in-memory pair.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.task import Clock
+
+from membio_transport import TLSState
+from membio_transport._reclaim import BURST_SIZE, BufferReclaimer
+from membio_transport._record_io import record_io
+
+from ._engines import engine_pair, pump
+from ._pki import make_pki
+from .test_parity import connect
+
+
+class Conn:
+    def __init__(self, releasable: bool = True) -> None:
+        self.releasable = releasable
+        self.released = 0
+
+    def release_buffers(self) -> bool:
+        if self.releasable:
+            self.released += 1
+        return self.releasable
+
+
+def test_a_connection_quiet_for_a_whole_period_is_released_once() -> None:
+    clock = Clock()
+    reclaimer = BufferReclaimer(clock, period=2.0)
+    conn = Conn()
+    reclaimer.burst(conn)
+    clock.advance(2.0)  # first look: the burst was recent
+    assert conn.released == 0
+    clock.advance(2.0)  # second look: quiet since the first
+    assert conn.released == 1
+    assert reclaimer.released == 1
+    clock.advance(10.0)
+    assert conn.released == 1, "released once, then no longer watched"
+    assert clock.getDelayedCalls() == [], "the sweeper stops when nothing is left"
+
+
+def test_a_connection_that_keeps_bursting_is_left_alone() -> None:
+    clock = Clock()
+    reclaimer = BufferReclaimer(clock, period=2.0)
+    busy = Conn()
+    for _ in range(10):
+        reclaimer.burst(busy)
+        clock.advance(1.0)
+    assert busy.released == 0
+    clock.advance(4.0)
+    assert busy.released == 1
+
+
+def test_a_connection_with_bytes_still_waiting_is_tried_again_later() -> None:
+    clock = Clock()
+    reclaimer = BufferReclaimer(clock, period=1.0)
+    conn = Conn(releasable=False)
+    reclaimer.burst(conn)
+    clock.advance(3.0)
+    assert conn.released == 0
+    conn.releasable = True
+    clock.advance(1.0)
+    assert conn.released == 1
+
+
+def test_forgetting_the_last_connection_cancels_the_sweep() -> None:
+    clock = Clock()
+    reclaimer = BufferReclaimer(clock)
+    conn = Conn()
+    reclaimer.burst(conn)
+    reclaimer.forget(conn)
+    assert clock.getDelayedCalls() == []
+
+
+def test_after_the_handshake_the_engines_released_their_bios_and_still_work() -> None:
+    pki = make_pki("ecdsa")
+    client, server = engine_pair(pki)
+    before = [side.engine.connection._into_ssl for side in (client, server)]  # type: ignore[attr-defined]
+    pump(client, server)
+    after = [side.engine.connection._into_ssl for side in (client, server)]  # type: ignore[attr-defined]
+    assert all(b != a for b, a in zip(before, after, strict=True)), "fresh BIOs"
+    payload = os.urandom(300_000)
+    client.engine.send(payload)
+    server.engine.send(payload[::-1])
+    pump(client, server)
+    assert server.received == payload
+    assert client.received == payload[::-1]
+    # Released again after that burst, and the session carries on.
+    assert client.engine.release_buffers()
+    assert server.engine.release_buffers()
+    client.engine.send(b"after")
+    client.engine.close()
+    pump(client, server)
+    assert server.received.endswith(b"after")
+    assert server.engine.state is TLSState.PEER_CLOSED
+
+
+def test_half_a_record_in_the_incoming_bio_blocks_the_release() -> None:
+    pki = make_pki("ecdsa")
+    client, server = engine_pair(pki)
+    pump(client, server)
+    client.engine.send(b"x" * 1000)
+    record = client.engine.data_to_send()
+    server.engine.receive(record[:100])
+    assert not server.engine.release_buffers()
+    server.engine.receive(record[100:])
+    server.drain_events()
+    assert server.received == b"x" * 1000
+    assert server.engine.release_buffers()
+
+
+def test_nothing_is_released_after_the_end_of_input_or_through_the_public_api() -> None:
+    pki = make_pki("ecdsa")
+    client, server = engine_pair(pki)
+    pump(client, server)
+    server.engine.receive_eof()
+    assert not server.engine.release_buffers()
+    assert not record_io(client.engine.connection, direct=False).release_buffers()
+
+
+def test_a_quiet_connection_after_a_burst_is_released_and_carries_on() -> None:
+    pair = connect("membio")
+    payload = os.urandom(4 * BURST_SIZE)
+    pair.client.transport.write(payload)  # type: ignore[union-attr]
+    pair.flush()
+    assert bytes(pair.server.received) == payload
+    server_reclaimer = pair.server_tls.factory.reclaimer
+    pair.clock.advance(server_reclaimer.period)
+    pair.clock.advance(server_reclaimer.period)
+    assert server_reclaimer.released == 1
+    assert pair.client_tls.factory.reclaimer.released == 1
+    pair.client.transport.write(b"still here")  # type: ignore[union-attr]
+    pair.flush()
+    assert bytes(pair.server.received).endswith(b"still here")
+    pair.client.transport.loseConnection()  # type: ignore[union-attr]
+    pair.flush()
+    pair.clock.advance(10)
+    pair.flush()
+    assert pair.server.lost is not None
+    assert not [c for c in pair.clock.getDelayedCalls() if c.active()]
