@@ -163,6 +163,31 @@ _as_buffer = _ffi.buffer
 # to pay for zeroing.
 _alloc = _ffi.new_allocator(should_clear_after_alloc=False)
 
+_new_pointer = _ffi.new
+
+
+class _Scratch:
+    """
+    Somewhere for BIO_read to put bytes that were already copied out: one
+    buffer for the whole process, grown as needed.  Its contents are never
+    read, so threads sharing it cannot corrupt anything.
+    """
+
+    __slots__ = ("buffer", "size")
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.buffer: Any = _NULL
+
+    def __call__(self, size: int) -> Any:
+        if size > self.size:
+            self.size = max(size, 2 * self.size, 65536)
+            self.buffer = _alloc("char[]", self.size)
+        return self.buffer
+
+
+_scratch = _Scratch()
+
 _BINDING_COMPLETE: Final = None not in (
     _SSL_read, _SSL_write, _SSL_get_error, _BIO_read, _BIO_write, _BIO_get_mem_data,
     _SSL_clear_mode, _SSL_set_bio, _BIO_new, _BIO_s_mem, _BIO_free,
@@ -216,13 +241,19 @@ class DirectRecordIO:
 
     def drain(self) -> bytes:
         outgoing = self._outgoing
-        # The memory BIO knows exactly how much it holds: read that much.
-        pending = _BIO_get_mem_data(outgoing, _NULL)
+        # One copy straight out of the BIO's own buffer into the bytes we
+        # return; the read that follows only consumes those bytes.  Reading
+        # into a fresh buffer instead would malloc and free the size of the
+        # whole burst each time, which for bursts past glibc's mmap
+        # threshold costs page faults on every drain (measured: 1 MiB
+        # drains ran at half the speed of 256 KiB ones).
+        where = _new_pointer("char **")
+        pending = _BIO_get_mem_data(outgoing, where)
         if pending <= 0:
             return b""
-        buf = _alloc("char[]", pending)
-        read = _BIO_read(outgoing, buf, pending)
-        return _as_buffer(buf, read)[:] if read > 0 else b""
+        data: bytes = _as_buffer(where[0], pending)[:]
+        _BIO_read(outgoing, _scratch(pending), pending)
+        return data
 
     def release_buffers(self) -> bool:
         """
