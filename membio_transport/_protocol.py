@@ -174,7 +174,13 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
                 self.wrappedProtocol.makeConnection(self)
         finally:
             self._busy = False
-        self._process()
+        if factory.isClient:
+            # The ClientHello goes out now.  A server has nothing to do
+            # before the peer's first bytes, except flush what the
+            # application wrote (it waits in the engine for the handshake).
+            self._process()
+        elif self._batch:
+            self._flush()
 
     def release_buffers(self) -> bool:
         """Free the memory bursts grew in the engine (called when quiet)."""
@@ -570,6 +576,9 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         self.connected = 0
         self._end_of_input()
         self._engine.abort()
+        # The connection's app data (for Twisted's callbacks) points back at
+        # us: without this the SSL object waits for the cyclic GC.
+        self._engine.connection.set_app_data(None)
         # The real transport stops the producer itself when it goes away.
         self._producer = None
         final = self._reason or reason

@@ -145,3 +145,22 @@ def test_a_quiet_connection_after_a_burst_is_released_and_carries_on() -> None:
     pair.flush()
     assert pair.server.lost is not None
     assert not [c for c in pair.clock.getDelayedCalls() if c.active()]
+
+
+def test_a_closed_connection_leaves_no_cycle_through_its_openssl_connection() -> None:
+    """
+    The connection's app data points at our protocol (Twisted's callbacks
+    look for it there), and the protocol holds the connection: a cycle that
+    only the cyclic GC would free, holding OpenSSL's ~23 KiB meanwhile.
+    Twisted's ProtocolWrapper breaks its own cycle with the application at
+    connectionLost; ours must be broken too.
+    """
+    pair = connect("membio")
+    handle = pair.server_tls.getHandle()
+    assert handle.get_app_data() is pair.server_tls
+    pair.client.transport.loseConnection()  # type: ignore[union-attr]
+    pair.flush()
+    pair.clock.advance(10)
+    pair.flush()
+    assert pair.server.lost is not None
+    assert handle.get_app_data() is None
