@@ -44,9 +44,9 @@ through pyOpenSSL); for small messages that is a large share of the work.
 The engine therefore follows the record framing of the incoming stream
 (5-byte headers carry each record's length) and keeps an upper bound on
 the complete records not yet consumed; once it reaches zero, `next_event`
-reports NEED_DATA without asking OpenSSL.  The bound can only err high (OpenSSL consumes handshake
-and ticket records silently), which costs one redundant ``recv``, never a
-missed record.
+reports NEED_DATA without asking OpenSSL.  The bound can only err high
+(OpenSSL consumes handshake and ticket records silently), which costs one
+redundant read, never a missed record.
 
 *Memory.*  A memory BIO keeps the largest buffer it ever grew to.  Once
 the handshake's last flight has been drained, both BIOs are swapped for
