@@ -43,6 +43,9 @@ __all__ = ["DirectRecordIO", "PublicRecordIO", "RecordIO", "record_io"]
 #: 16 KiB, and OpenSSL returns one record per call.
 RECV_SIZE: Final = 16384
 
+#: Largest write handed to one ``SSL_write`` (its length is a C int).
+MAX_WRITE = (1 << 31) - 1
+
 #: Size of each ``bio_read`` when the outgoing BIO cannot be asked how much
 #: it holds: large, so that a burst usually leaves in one read.
 _PUBLIC_BIO_READ_SIZE: Final = 256 * 1024
@@ -104,13 +107,13 @@ class PublicRecordIO:
         size = len(data)
         written = 0
         try:
-            written = send(data)
+            written = send(data if size <= MAX_WRITE else memoryview(data)[:MAX_WRITE])
             if written < size:
                 # One record per call with partial writes on: walk a view
                 # over the rest rather than slicing copies.
                 view = memoryview(data)
                 while written < size:
-                    written += send(view[written:])
+                    written += send(view[written : written + MAX_WRITE])
         except SSL.WantReadError:
             pass
         return written
@@ -231,6 +234,8 @@ class DirectRecordIO:
     def write(self, data: bytes | memoryview) -> int:
         ssl = self._ssl
         size = len(data)
+        if size > MAX_WRITE:
+            return self._write_in_pieces(data)
         # cffi passes a bytes object's own storage; other buffers need a view.
         result = _SSL_write(ssl, data if type(data) is bytes else _from_buffer(data), size)
         if result > 0:
@@ -238,6 +243,18 @@ class DirectRecordIO:
         if _SSL_get_error(ssl, result) == _WANT_READ:
             return 0
         return self._raise(result)
+
+    def _write_in_pieces(self, data: bytes | memoryview) -> int:
+        # SSL_write takes an int length.  A piece refused with WantRead is
+        # not counted, so the caller retries from its first byte.
+        view = memoryview(data)
+        written = 0
+        while written < len(view):
+            piece = view[written : written + MAX_WRITE]
+            if self.write(piece) < len(piece):
+                break
+            written += len(piece)
+        return written
 
     def drain(self) -> bytes:
         outgoing = self._outgoing

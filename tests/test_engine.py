@@ -588,3 +588,16 @@ def test_engines_in_several_threads_at_once_deliver_every_byte_intact() -> None:
     for thread in threads:
         thread.join(timeout=60)
     assert results == dict.fromkeys(range(6), True)
+
+
+def test_a_write_larger_than_one_ssl_write_goes_in_pieces_and_arrives_whole(
+    pki: PKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SSL_write's length is a C int; the limit is lowered so that the test
+    # does not need 2 GiB of plaintext.
+    monkeypatch.setattr(_record_io, "MAX_WRITE", 10_000)
+    client, server = open_pair(pki)
+    payload = os.urandom(123_457)
+    client.engine.send(payload)
+    pump(client, server)
+    assert server.received == payload
