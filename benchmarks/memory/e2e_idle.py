@@ -1,4 +1,4 @@
-"""Idle TLS connections on a real ``twistd`` server, with one memory-saving change patched in.
+"""Idle TLS connections on a real ``twistd`` server, with one allocator setting varied.
 
     python benchmarks/memory/e2e_idle.py [--server ours|twisted] [--variant NAME ...] [--n 2000]
 
@@ -8,22 +8,18 @@ the server's VmRSS growth per connection, then again after ``malloc_trim(0)`` ru
 server through gdb (what glibc could give back: free holes left by handshake temporaries).
 Server on CPU 0, client on CPU 1, as benchmarks/endtoend.py does.
 
-Variants, patched into the server at start-up by a launcher (the package itself is untouched):
+Variants (the BIO swaps this script once patched in are now the package's own behaviour:
+membio_transport/_reclaim.py):
 
 * ``base``: the code as it is.
-* ``swap-bios``: once the handshake is done and its last flight (the session tickets) has been
-  drained, give the pyOpenSSL connection two fresh, empty memory BIOs (``SSL_set_bio``) so that
-  the buffers the handshake grew are freed.
-* ``release-when-quiet``: ``swap-bios``, and also, half a second after a connection last sent
-  or received anything, the same swap if both BIOs are empty (what a large response leaves
-  behind: a memory BIO keeps the largest buffer it ever grew to).
 * ``arena-max``: ``MALLOC_ARENA_MAX=1`` (one malloc arena; twistd's thread pool can open more).
 * ``+mmap`` after a name: also ``MALLOC_MMAP_THRESHOLD_=131072``, so that glibc unmaps freed
   blocks of 128 KiB or more at once instead of keeping them in its heap.
 
 ``--fetch BYTES``: instead of idling right after the handshake, each connection first downloads
 a file of that size over HTTP/1.1 keep-alive (connections opened one after the other), then
-idles: what a browser's connection costs after it fetched something.
+idles for 5 s, long enough for quiet connections to give back their buffers: what a browser's
+connection costs after it fetched something.
 
 Why it exists: to check end to end, on the number the benchmark reports, what
 benchmarks/memory/idle_probe.py measures in-process.
@@ -45,97 +41,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 LOADGEN = HERE.parent / "loadgen.py"
-
-#: Runs in the server before twistd: patches the protocol so that, after the handshake's last
-#: flush, both memory BIOs are replaced by fresh ones.
-SWAP_BIOS = r"""
-from OpenSSL._util import ffi, lib
-from membio_transport import _protocol
-from membio_transport._state import TLSState
-
-_just_done = set()
-_completed = _protocol.MemoryBIOTLSProtocol._handshake_completed
-_flush = _protocol.MemoryBIOTLSProtocol._flush
-
-def _handshake_completed(self):
-    _just_done.add(id(self))
-    _completed(self)
-
-def _flush_then_release(self):
-    _flush(self)
-    if id(self) in _just_done:
-        _just_done.discard(id(self))
-        engine = self._engine
-        conn = engine.connection
-        if engine.state is TLSState.OPEN and lib.BIO_get_mem_data(conn._into_ssl, ffi.NULL) == 0:
-            into = lib.BIO_new(lib.BIO_s_mem())
-            out = lib.BIO_new(lib.BIO_s_mem())
-            lib.SSL_set_bio(conn._ssl, into, out)
-            conn._into_ssl, conn._from_ssl = into, out
-            io = getattr(engine, "_io", None)
-            if io is not None and hasattr(io, "_incoming"):
-                io._incoming, io._outgoing = into, out
-
-_protocol.MemoryBIOTLSProtocol._handshake_completed = _handshake_completed
-_protocol.MemoryBIOTLSProtocol._flush = _flush_then_release
-"""
-
-#: Also after application traffic: once a connection has been quiet for half a second (no
-#: flush that sent anything, no data received), swap its BIOs if both are empty.
-RELEASE_WHEN_QUIET = (
-    SWAP_BIOS
-    + r"""
-_activity = {}
-_received = _protocol.MemoryBIOTLSProtocol.dataReceived
-
-def _release(self):
-    engine = self._engine
-    conn = engine.connection
-    if engine.state is not TLSState.OPEN or not self.connected:
-        return
-    pending = lib.BIO_get_mem_data
-    if pending(conn._into_ssl, ffi.NULL) or pending(conn._from_ssl, ffi.NULL):
-        return
-    into = lib.BIO_new(lib.BIO_s_mem())
-    out = lib.BIO_new(lib.BIO_s_mem())
-    lib.SSL_set_bio(conn._ssl, into, out)
-    conn._into_ssl, conn._from_ssl = into, out
-    io = getattr(engine, "_io", None)
-    if io is not None and hasattr(io, "_incoming"):
-        io._incoming, io._outgoing = into, out
-
-def _touch(self):
-    key = id(self)
-    entry = _activity.get(key)
-    if entry is None:
-        _activity[key] = [0, self.factory.clock.callLater(0.5, _check, self, 0)]
-    else:
-        entry[0] += 1
-
-def _check(self, seen):
-    entry = _activity[id(self)]
-    if entry[0] != seen:
-        entry[1] = self.factory.clock.callLater(0.5, _check, self, entry[0])
-        return
-    del _activity[id(self)]
-    _release(self)
-
-def _flush_quiet(self):
-    sent = self.factory.stats.bytes_sent
-    _flush_then_release(self)
-    if self.factory.stats.bytes_sent != sent:
-        _touch(self)
-
-def _received_quiet(self, data):
-    _received(self, data)
-    if self.connected:
-        _touch(self)
-
-_protocol.MemoryBIOTLSProtocol._flush = _flush_quiet
-_protocol.MemoryBIOTLSProtocol.dataReceived = _received_quiet
-"""
-)
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -217,10 +122,6 @@ def measure(
         # A fixed mmap threshold: glibc serves every block of 128 KiB or more with its own
         # mmap and unmaps it on free, instead of raising the threshold after the first free.
         env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-        variant_code = variant[: -len("+mmap")]
-    else:
-        variant_code = variant
-    str(Path(sys.executable).with_name("twistd"))
     if server == "ours":
         args = ["membio-https", "--port", str(port), "--interface", "127.0.0.1",
                 "--cert", str(cert), "--key", str(key), "--path", str(www)]  # fmt: skip
@@ -228,13 +129,9 @@ def measure(
         args = ["web", "--listen",
                 f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
                 "--path", str(www)]  # fmt: skip
-    prelude = {"swap-bios": SWAP_BIOS, "release-when-quiet": RELEASE_WHEN_QUIET}.get(
-        variant_code, ""
-    )
     launcher = (
-        prelude
-        + "\nimport sys\nfrom twisted.scripts.twistd import run\n"
-        + "sys.argv = ['twistd'] + sys.argv[1:]\nrun()\n"
+        "import sys\nfrom twisted.scripts.twistd import run\n"
+        "sys.argv = ['twistd'] + sys.argv[1:]\nrun()\n"
     )
     command = ["taskset", "-c", "0", sys.executable, "-c", launcher, "-n", "--pidfile=",
                "--logfile", str(directory / f"{server}-{variant}.log"), *args]  # fmt: skip
@@ -299,14 +196,7 @@ def main() -> None:
     parser.add_argument(
         "--variant",
         action="append",
-        choices=(
-            "base",
-            "swap-bios",
-            "release-when-quiet",
-            "arena-max",
-            "base+mmap",
-            "release-when-quiet+mmap",
-        ),
+        choices=("base", "arena-max", "base+mmap"),
     )
     parser.add_argument(
         "--fetch",
