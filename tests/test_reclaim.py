@@ -116,6 +116,28 @@ def test_half_a_record_in_the_incoming_bio_blocks_the_release() -> None:
     assert server.engine.release_buffers()
 
 
+def test_a_partial_record_already_inside_openssl_survives_a_release() -> None:
+    """
+    Without the framing shortcut (a stream it gave up on), a read pulls the
+    start of an incomplete record out of the BIO into OpenSSL's record
+    layer; the BIO is then empty and may be swapped, and the rest of the
+    record, fed into the new BIO, completes it.
+    """
+    pki = make_pki("ecdsa")
+    for split in (3, 5, 100, 999):
+        client, server = engine_pair(pki)
+        pump(client, server)
+        server.engine._framing = False
+        client.engine.send(b"x" * 1000)
+        record = client.engine.data_to_send()
+        server.engine.receive(record[:split])
+        server.drain_events()
+        assert server.engine.release_buffers()
+        server.engine.receive(record[split:])
+        server.drain_events()
+        assert server.received == b"x" * 1000
+
+
 def test_nothing_is_released_after_the_end_of_input_or_through_the_public_api() -> None:
     pki = make_pki("ecdsa")
     client, server = engine_pair(pki)
