@@ -270,6 +270,34 @@ class ParityTests:
         # One TLS record: header, then 1000 bytes of payload plus overhead.
         assert records[0][:1] == b"\x17" and len(records[0]) < 1100
 
+    def test_large_writes_from_outside_any_callback_leave_together_on_the_next_turn(
+        self,
+    ) -> None:
+        """
+        From a timer, a cooperator or a test, nothing reaches the transport
+        until the next reactor turn (the TCP transport would not send it
+        sooner).  Ours then hands it over in one transport write; Twisted's
+        makes one per 16 KiB.
+        """
+        pair = connect(self.flavour)
+        client_io = pair.client_io
+        sent: list[bytes] = []
+        original_write = client_io.write
+
+        def counting_write(data: bytes) -> None:
+            sent.append(data)
+            original_write(data)
+
+        client_io.write = counting_write
+        payload = os.urandom(3 * 20_000)
+        for start in range(0, len(payload), 20_000):
+            pair.client.transport.write(payload[start : start + 20_000])  # type: ignore[union-attr]
+        assert sent == []
+        pair.clock.advance(0)
+        assert len(sent) == (1 if self.flavour == "membio" else 4)
+        pair.flush()
+        assert bytes(pair.server.received) == payload
+
     def test_lose_connection_sends_close_notify_and_both_sides_see_a_clean_close(self) -> None:
         pair = connect(self.flavour)
         pair.server.transport.write(b"bye")  # type: ignore[union-attr]
