@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import pytest
+
 REPO: Path = Path(__file__).resolve().parent.parent
 
 #: Upper bound for a server to start (cold caches on a busy 2-core machine).
@@ -240,3 +242,11 @@ class IRCClient:
         with suppress(OSError):
             self.send("QUIT :bye")
         self.sock.close()
+
+
+@pytest.fixture
+def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Code run in the test process must not touch the real home either."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "home" / "state"))
+    monkeypatch.delenv("MEMBIO_KEY_PASSWORD", raising=False)

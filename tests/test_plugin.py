@@ -28,13 +28,14 @@ from twisted.web.test.requesthelper import DummyRequest
 from membio_transport import tap
 from membio_transport._info_page import prefers_html
 
-from ._plugin_helpers import (
+from ._plugin_helpers import (  # noqa: F401 (private_home is a fixture)
     TAC_IRC,
     IRCClient,
     Server,
     fingerprint_from_log,
     free_port,
     peer_fingerprint,
+    private_home,
     run_to_completion,
     running,
     subprocess_env,
@@ -44,12 +45,7 @@ from ._plugin_helpers import (
 READY = r"ready: open (https://\S+)"
 
 
-@pytest.fixture(autouse=True)
-def _private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process code must not touch the real home either."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "home" / "state"))
-    monkeypatch.delenv("MEMBIO_KEY_PASSWORD", raising=False)
+pytestmark = pytest.mark.usefixtures("private_home")
 
 
 def _options(*arguments: str) -> tap.Options:

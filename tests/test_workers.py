@@ -40,16 +40,20 @@ from ._deploy_helpers import (
     membio_tls_command,
     socket_owner,
 )
-from ._plugin_helpers import REPO, Server, free_port, running, subprocess_env, twistd_command
+from ._plugin_helpers import (
+    REPO,
+    Server,
+    free_port,
+    private_home,  # noqa: F401 (a fixture)
+    running,
+    subprocess_env,
+    twistd_command,
+)
 
 WORKER = r"worker (\d+) started \(pid (\d+)\)"
 
 
-@pytest.fixture(autouse=True)
-def _private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "home" / "state"))
-    monkeypatch.delenv("MEMBIO_KEY_PASSWORD", raising=False)
+pytestmark = pytest.mark.usefixtures("private_home")
 
 
 @contextmanager
