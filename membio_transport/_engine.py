@@ -66,8 +66,8 @@ An end of the transport without close_notify (`receive_eof`) surfaces as
 `TLSTruncationError`, never as a clean close: it may be a truncation attack.
 
 *Renegotiation.*  A server engine refuses client-initiated renegotiation
-(``OP_NO_RENEGOTIATION``): it buys nothing in TLS 1.2 and costs the server
-CPU on the peer's command.  A client engine follows a server-initiated
+(``OP_NO_RENEGOTIATION``) unless told otherwise: it buys nothing in TLS 1.2
+and costs the server CPU on the peer's command.  A client engine follows a server-initiated
 TLS 1.2 renegotiation transparently.  TLS 1.3 has no renegotiation; its
 KeyUpdate messages (from either side) are handled inside ``recv`` by
 OpenSSL, whose replies the pump drains like anything else.
@@ -75,6 +75,15 @@ OpenSSL, whose replies the pump drains like anything else.
 *Failure.*  Any OpenSSL error moves the engine to FAILED and is raised as
 one precise `TLSConnectionError` subclass (see `_errors.classify`); the
 alert OpenSSL produced is still in the outgoing BIO for `data_to_send`.
+
+*Callbacks.*  OpenSSL runs Python callbacks inside a handshake step
+(servername, ALPN, verification, info, key log).  Whatever one of them
+raises, however pyOpenSSL reports it (see `_callbacks`), fails the
+handshake exactly once as `TLSCallbackError`, which carries the original
+exception.  A callback may also abandon the connection (Twisted's SNI
+callback calls ``abortConnection`` when its lookup raises): `abort` during
+a handshake step is carried out when the step returns, since OpenSSL is
+still in the middle of it.
 """
 
 from __future__ import annotations
@@ -86,7 +95,8 @@ from OpenSSL import SSL
 from OpenSSL._util import ffi as _openssl_ffi
 from OpenSSL._util import lib as _openssl_lib
 
-from ._errors import TLSConnectionError, TLSStateError, classify
+from ._callbacks import Capture
+from ._errors import TLSCallbackError, TLSConnectionError, TLSStateError, classify
 from ._record_io import record_io
 from ._state import CAN_SEND, TLSState, check_transition
 
@@ -121,12 +131,14 @@ class TLSEngine:
     """
 
     __slots__ = (
+        "_abort_requested",
         "_conn",
         "_error",
         "_frame_left",
         "_framing",
         "_head_is_retry",
         "_header_part",
+        "_in_handshake",
         "_io",
         "_pending",
         "_pending_size",
@@ -144,6 +156,7 @@ class TLSEngine:
         server_side: bool,
         send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
         direct_io: bool = True,
+        refuse_renegotiation: bool = True,
     ) -> None:
         if send_buffer_limit <= 0:
             raise ValueError(f"send_buffer_limit must be positive, not {send_buffer_limit}")
@@ -166,8 +179,12 @@ class TLSEngine:
         # The handshake grew both BIOs; their memory goes back once its
         # last flight has been drained (see `data_to_send`).
         self._release_due = False
+        # A handshake step is running (callbacks may call `abort`), and one
+        # of them asked for it.
+        self._in_handshake = False
+        self._abort_requested = False
         self.send_buffer_limit = send_buffer_limit
-        if server_side:
+        if server_side and refuse_renegotiation:
             connection.set_options(SSL.OP_NO_RENEGOTIATION)
 
     # -- what callers may look at ------------------------------------------
@@ -243,7 +260,7 @@ class TLSEngine:
         """
         state = self._state
         if state is TLSState.HANDSHAKING:
-            self._abandon()
+            self.abort()
         elif state is TLSState.OPEN:
             self._set_state(TLSState.LOCAL_CLOSED)
             if not self._pending:
@@ -256,8 +273,14 @@ class TLSEngine:
             self._send_close_notify()
 
     def abort(self) -> None:
-        """Abandon the session at once: no close_notify, queues dropped."""
-        if self._state not in _TERMINAL:
+        """
+        Abandon the session at once: no close_notify, queues dropped.
+        From a callback inside a handshake step, this happens when the
+        step returns.
+        """
+        if self._in_handshake:
+            self._abort_requested = True
+        elif self._state not in _TERMINAL:
             self._abandon()
 
     # -- output ------------------------------------------------------------
@@ -277,12 +300,18 @@ class TLSEngine:
                 try:
                     data = self._io.read()
                 except SSL.ZeroReturnError:
+                    if self._state is not state:
+                        # A callback abandoned the session meanwhile.
+                        return Event.NEED_DATA
                     self._set_state(
                         TLSState.CLOSED if state is TLSState.LOCAL_CLOSED else TLSState.PEER_CLOSED
                     )
                     return Event.PEER_CLOSED
                 except SSL.Error as e:
-                    raise self._fail(e) from None
+                    raise self._fail(e) from e
+                except Exception as e:
+                    # A callback of a renegotiation, raised again by pyOpenSSL.
+                    raise self._callback_failed(e) from e
                 if data is not None:
                     if self._records:
                         self._records -= 1
@@ -294,17 +323,7 @@ class TLSEngine:
                 self._flush_pending()
             return Event.NEED_DATA
         if state is TLSState.HANDSHAKING:
-            try:
-                self._conn.do_handshake()
-            except SSL.WantReadError:
-                return Event.NEED_DATA
-            except SSL.Error as e:
-                raise self._fail(e) from None
-            self._set_state(TLSState.OPEN)
-            self._release_due = self._io.can_release
-            if self._pending:
-                self._flush_pending()
-            return Event.HANDSHAKE_COMPLETE
+            return self._handshake_step()
         if state is TLSState.FAILED:
             raise TLSStateError("the TLS session already failed") from self._error
         return Event.NEED_DATA
@@ -372,6 +391,44 @@ class TLSEngine:
                 self._header_part = data[pos:]
         self._records = records
 
+    def _handshake_step(self) -> Event:
+        """
+        Run the handshake as far as the ciphertext received allows, with
+        what callbacks raise or ask for (`abort`) dealt with afterwards.
+        """
+        complete = False
+        failure: SSL.Error | None = None
+        self._in_handshake = True
+        with Capture() as captured:
+            try:
+                self._conn.do_handshake()
+                complete = True
+            except SSL.WantReadError:
+                pass
+            except SSL.Error as e:
+                failure = e
+            except Exception as e:
+                # pyOpenSSL raises again what verification or ALPN raised.
+                captured.errors.append(e)
+            finally:
+                self._in_handshake = False
+        if captured.errors:
+            self._abort_requested = False
+            raise self._callback_failed(captured.errors[0])
+        if self._abort_requested:
+            self._abort_requested = False
+            self._abandon()
+            return Event.NEED_DATA
+        if failure is not None:
+            raise self._fail(failure)
+        if not complete:
+            return Event.NEED_DATA
+        self._set_state(TLSState.OPEN)
+        self._release_due = self._io.can_release
+        if self._pending:
+            self._flush_pending()
+        return Event.HANDSHAKE_COMPLETE
+
     def _set_state(self, new: TLSState) -> None:
         self._state = check_transition(self._state, new)
 
@@ -383,7 +440,10 @@ class TLSEngine:
         try:
             written = self._io.write(data)
         except SSL.Error as e:
-            raise self._fail(e) from None
+            raise self._fail(e) from e
+        except Exception as e:
+            # A callback of a renegotiation, raised again by pyOpenSSL.
+            raise self._callback_failed(e) from e
         if written == len(data):
             return True
         rest = memoryview(data)[written:] if written else data
@@ -418,7 +478,7 @@ class TLSEngine:
         try:
             self._conn.shutdown()
         except SSL.Error as e:
-            raise self._fail(e) from None
+            raise self._fail(e) from e
 
     def _abandon(self) -> None:
         self._head_is_retry = False
@@ -430,11 +490,26 @@ class TLSEngine:
         handshaking = self._state is TLSState.HANDSHAKING
         self._pending.clear()
         self._pending_size = 0
-        self._set_state(TLSState.FAILED)
-        self._error = classify(
+        converted = classify(
             error, handshaking=handshaking, saw_eof=self._saw_eof, detail=self._verify_detail()
         )
-        return self._error
+        return self._failed(converted)
+
+    def _callback_failed(self, error: BaseException) -> TLSConnectionError:
+        self._pending.clear()
+        self._pending_size = 0
+        return self._failed(TLSCallbackError(error))
+
+    def _failed(self, error: TLSConnectionError) -> TLSConnectionError:
+        """
+        Move to FAILED with C{error}, once.  A session a callback abandoned
+        during the very call that failed stays abandoned (CLOSED).
+        """
+        if self._state not in _TERMINAL:
+            self._set_state(TLSState.FAILED)
+        if self._error is None:
+            self._error = error
+        return error
 
     def _verify_detail(self) -> str | None:
         """

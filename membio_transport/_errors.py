@@ -5,19 +5,23 @@ Two families, as in h11: `TLSStateError` means *our caller* misused the API
 (a bug to fix in code); `TLSConnectionError` and its subclasses mean *the
 peer or the network* misbehaved (something to log and survive).
 
-The peer-side errors subclass `OpenSSL.SSL.Error` and keep its ``args``
-(the OpenSSL error queue), so code written for Twisted's TLS layer, which
-checks ``reason.check(SSL.Error)`` or reads ``reason.value.args[0]``, keeps
-working when handed ours.  `classify` is the single translation point.
+The peer-side errors subclass `OpenSSL.SSL.Error`, keep its ``args`` (the
+OpenSSL error queue) and carry pyOpenSSL's own exception as ``__cause__``.
+They are what the sans-I/O `TLSEngine` raises; the Twisted layer hands
+applications pyOpenSSL's original exception instead, exactly as Twisted's
+layer does, and `readable_reason` still finds the words we chose for it.
+`classify` is the single translation point.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Final
 
 from OpenSSL import SSL
 
 __all__ = [
+    "TLSCallbackError",
     "TLSConnectionError",
     "TLSError",
     "TLSHandshakeError",
@@ -26,6 +30,7 @@ __all__ = [
     "TLSTruncationError",
     "classify",
     "describe",
+    "readable_reason",
 ]
 
 
@@ -66,6 +71,28 @@ class TLSHandshakeError(TLSConnectionError):
     """The handshake failed: no shared parameters, a rejected certificate..."""
 
 
+class TLSCallbackError(TLSHandshakeError):
+    """
+    A Python callback that OpenSSL ran during the handshake (servername,
+    ALPN selection, certificate verification, info, key log) raised.  That
+    is a bug in the callback, not the peer's doing.
+
+    @ivar error: what the callback raised, with its traceback.
+    """
+
+    error: BaseException
+
+    def __init__(self, error: BaseException) -> None:
+        text = str(error)
+        kind = type(error).__name__
+        super().__init__(
+            reason=f"{text} ({kind} in a TLS callback)" if text else f"{kind} in a TLS callback",
+            during_handshake=True,
+        )
+        self.error = error
+        self.__cause__ = error
+
+
 class TLSProtocolError(TLSConnectionError):
     """After the handshake, the peer sent something TLS does not allow."""
 
@@ -85,6 +112,23 @@ _EOF_REASONS: Final = ("unexpected eof", "unexpected_eof")
 
 #: OpenSSL error-queue entries that only summarise the ones before them.
 _GENERIC_REASONS: Final = frozenset({"record layer failure"})
+
+
+#: The words `classify` chose for pyOpenSSL's own exceptions, which are what
+#: applications receive; weak, so the table never keeps an exception alive.
+_READABLE: weakref.WeakKeyDictionary[BaseException, str] = weakref.WeakKeyDictionary()
+
+
+def readable_reason(error: SSL.Error) -> str:
+    """
+    The reason in words for an OpenSSL error: the one `classify` gave it
+    (with certificate verification's own explanation, for instance), or
+    else `describe`'s.
+    """
+    if isinstance(error, TLSConnectionError):
+        return error.reason
+    known = _READABLE.get(error)
+    return known if known is not None else describe(error)
 
 
 def describe(error: SSL.Error) -> str:
@@ -148,4 +192,5 @@ def classify(
         kind = TLSProtocolError
     converted = kind(*error.args, reason=reason, during_handshake=handshaking)
     converted.__cause__ = error
+    _READABLE[error] = reason
     return converted
