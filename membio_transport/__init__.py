@@ -2,12 +2,14 @@
 membio-transport: a memory-BIO TLS transport for Twisted, on pyOpenSSL.
 
 `MemoryBIOTLSFactory` is a drop-in replacement for
-``twisted.protocols.tls.TLSMemoryBIOFactory``; `TLSEngine` is the sans-I/O
-core it drives, usable without Twisted.
+``twisted.protocols.tls.TLSMemoryBIOFactory`` (Twisted's behaviour unless
+given a policy such as `HARDENED`); `TLSEngine` is the sans-I/O core it
+drives, usable without Twisted.
 """
 
 from ._engine import Event, TLSEngine
 from ._errors import (
+    TLSCallbackError,
     TLSConnectionError,
     TLSError,
     TLSHandshakeError,
@@ -17,16 +19,22 @@ from ._errors import (
 )
 from ._factory import MemoryBIOTLSFactory
 from ._options import ServerTLSOptions, server_context
+from ._policy import HARDENED, TWISTED, FactoryPolicy
 from ._protocol import MemoryBIOTLSProtocol
+from ._reasons import tls_failure_reason
 from ._state import TLSState
 from ._stats import TLSStats
 from ._wrap import startTLS, wrapClientTLS, wrapServerTLS
 
 __all__ = [
+    "HARDENED",
+    "TWISTED",
     "Event",
+    "FactoryPolicy",
     "MemoryBIOTLSFactory",
     "MemoryBIOTLSProtocol",
     "ServerTLSOptions",
+    "TLSCallbackError",
     "TLSConnectionError",
     "TLSEngine",
     "TLSError",
@@ -38,6 +46,7 @@ __all__ = [
     "TLSTruncationError",
     "server_context",
     "startTLS",
+    "tls_failure_reason",
     "wrapClientTLS",
     "wrapServerTLS",
 ]

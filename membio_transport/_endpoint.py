@@ -116,6 +116,7 @@ from ._certs import (
 )
 from ._factory import MemoryBIOTLSFactory
 from ._options import PROFILES, ClientAuth, Profile, ServerTLSOptions, server_context
+from ._policy import HARDENED
 from ._wrap import wrapClientTLS
 
 __all__ = [
@@ -279,7 +280,8 @@ class TLSServerEndpoint:
     @ivar certificate: what is served, when known; logged on C{listen} if
         C{announce} is true.
     @ivar factory_options: keyword arguments for L{MemoryBIOTLSFactory}
-        (C{handshake_timeout=...}).
+        (C{handshake_timeout=...}), over the hardened policy every listener
+        of this project starts from (`_policy.HARDENED`).
     """
 
     def __init__(
@@ -301,7 +303,11 @@ class TLSServerEndpoint:
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         tls = MemoryBIOTLSFactory(
-            self.creator, False, protocolFactory, self.clock, **self.factory_options
+            self.creator,
+            False,
+            protocolFactory,
+            self.clock,
+            **{**HARDENED.keywords(), **self.factory_options},
         )
         listening: Deferred[IListeningPort] = self.wrapped.listen(tls)
         if self.announce and self.certificate is not None:

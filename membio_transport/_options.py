@@ -37,6 +37,8 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ._policy import HARDENED, FactoryPolicy
+
 __all__ = [
     "PROFILES",
     "ClientAuth",
@@ -206,10 +208,23 @@ class KeyLog:
         # 0600: these lines decrypt every connection they describe.
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._file = os.fdopen(descriptor, "ab", buffering=0)
+        self._broken = False
 
     def __call__(self, connection: SSL.Connection, line: bytes) -> None:
-        # Unbuffered, one write per line: lines never interleave or wait.
-        self._file.write(line + b"\n")
+        # OpenSSL calls this inside the handshake, where an exception
+        # would fail the connection (see _callbacks): a debugging aid that
+        # cannot write (disk full) says so once and stops instead.
+        if self._broken:
+            return
+        try:
+            # Unbuffered, one write per line: lines never interleave or wait.
+            self._file.write(line + b"\n")
+        except OSError as error:
+            self._broken = True
+            _log.warn(
+                "cannot append to the TLS key log {path} ({reason}): key logging stopped",
+                path=self.path, reason=error.strerror or type(error).__name__,
+            )
 
     def install(self, context: SSL.Context) -> None:
         context.set_keylog_callback(self)
@@ -327,7 +342,13 @@ class ServerTLSOptions:
     @ivar context: the context of new connections.  Replacing it (a
         certificate reload) changes what new connections get; a connection
         keeps the context it was made with until it ends.
+    @cvar factory_policy: what a `MemoryBIOTLSFactory` built on this
+        creator does where Twisted's layer has no opinion (handshake
+        timeout, plain HTTP...): the hardened settings, like the context.
+        Keywords given to the factory still win.
     """
+
+    factory_policy: FactoryPolicy = HARDENED
 
     def __init__(self, context: SSL.Context) -> None:
         self.context = context

@@ -6,6 +6,9 @@ Putting TLS around things: endpoints, and connections already open.
 use our transport.  `startTLS` upgrades a connected plaintext protocol in
 place, as STARTTLS in IRC, SMTP or LDAP does, without losing the bytes
 that may already sit on either side of the switch.
+
+These are this project's own entry points, so their factories follow the
+hardened policy (`_policy.HARDENED`), not Twisted's defaults.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
 from ._factory import MemoryBIOTLSFactory
+from ._policy import HARDENED
 from ._protocol import MemoryBIOTLSProtocol
 
 __all__ = ["startTLS", "wrapClientTLS", "wrapServerTLS"]
@@ -38,7 +42,9 @@ class _TLSClientEndpoint:
         self._clock = clock
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        factory = MemoryBIOTLSFactory(self._creator, True, protocolFactory, self._clock)
+        factory = MemoryBIOTLSFactory(
+            self._creator, True, protocolFactory, self._clock, **HARDENED.keywords()
+        )
         d = self._wrapped.connect(factory)
 
         def unwrap(tls: Any) -> IProtocol:
@@ -57,7 +63,9 @@ class _TLSServerEndpoint:
         self._clock = clock
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
-        factory = MemoryBIOTLSFactory(self._creator, False, protocolFactory, self._clock)
+        factory = MemoryBIOTLSFactory(
+            self._creator, False, protocolFactory, self._clock, **HARDENED.keywords()
+        )
         return self._wrapped.listen(factory)
 
 
@@ -120,7 +128,11 @@ def startTLS(
             "'protocol' attribute, as Twisted's TCP, UNIX and in-memory transports do"
         )
     factory = MemoryBIOTLSFactory(
-        contextFactory, isClient, _ExistingProtocolFactory(protocol), clock, **factory_options
+        contextFactory,
+        isClient,
+        _ExistingProtocolFactory(protocol),
+        clock,
+        **{**HARDENED.keywords(), **factory_options},
     )
     tls = factory.protocol(factory, receiver, _connectWrapped=False)
     transport.protocol = tls

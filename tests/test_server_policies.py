@@ -21,7 +21,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
-from membio_transport import MemoryBIOTLSFactory, TLSHandshakeError, TLSStats
+from membio_transport import HARDENED, MemoryBIOTLSFactory, TLSHandshakeError, TLSStats
 from membio_transport._sniff import Preamble, answer_plain_http, classify
 
 from ._pki import make_pki
@@ -47,10 +47,15 @@ def log_lines() -> Iterator[list[str]]:
 
 
 def server_on_string_transport(**kw: Any) -> tuple[Any, App, StringTransport, Clock]:
+    """A server with the hardened policy (C{kw} overrides it), as our entry points build it."""
     clock = Clock()
     app = App()
     factory = MemoryBIOTLSFactory(
-        server_options(PKI), False, protocol.Factory.forProtocol(lambda: app), clock, **kw
+        server_options(PKI),
+        False,
+        protocol.Factory.forProtocol(lambda: app),
+        clock,
+        **{**HARDENED.keywords(), **kw},
     )
     tls = factory.buildProtocol(None)
     transport = StringTransport(
@@ -197,7 +202,7 @@ def test_a_failed_handshake_is_one_log_line_with_the_peer_and_the_reason(
     log_lines: list[str],
 ) -> None:
     untrusting = client_options(make_pki("rsa"))
-    pair = connect("membio", PKI, client_creator=untrusting)
+    pair = connect("membio", PKI, client_creator=untrusting, **HARDENED.keywords())
     assert pair.client.lost is not None
     failures = [line for line in log_lines if "TLS handshake failed from" in line]
     assert len(failures) == 2, failures
