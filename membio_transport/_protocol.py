@@ -24,6 +24,13 @@ drained (twisted#5095), ``loseConnection`` waits for the peer's close_notify
 only for a bounded time (twisted#7926), ``loseWriteConnection`` sends
 close_notify (twisted#5341), pausing stops already-buffered records, and the
 transport stays usable (as harmless no-ops) after ``connectionLost``.
+
+What the application's ``connectionLost`` receives is what Twisted's layer
+hands it (`_for_application` is the one place that decides): pyOpenSSL's
+own ``SSL.Error`` for a failed handshake or a bad record,
+``ConnectionLost`` for an end without close_notify, ``ConnectionDone``
+for a clean close.  The engine's precise exceptions stay inside; their
+words reach the log, and ``tls_failure_reason`` finds them again.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from OpenSSL import SSL
 from OpenSSL._util import lib as _openssl_lib
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -52,7 +59,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer, providedBy
 
 from ._engine import Event, TLSEngine
-from ._errors import TLSConnectionError, TLSHandshakeError, TLSTruncationError
+from ._errors import (
+    TLSCallbackError,
+    TLSConnectionError,
+    TLSHandshakeError,
+    TLSTruncationError,
+)
 from ._producers import ProducerProxy
 from ._reclaim import BURST_SIZE
 from ._sniff import Preamble, answer_plain_http, classify
@@ -124,6 +136,9 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
     #: Bytes seen before we know whether the peer speaks TLS at all (server
     #: side, see `_sniff`); None once that is settled or never asked.
     _preamble: bytes | None = None
+    #: We abandoned the session (abort, or a close before the handshake
+    #: completed): however the transport ends, it was not a clean TLS end.
+    _abandoned = False
 
     def __init__(
         self,
@@ -156,6 +171,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
             factory.connection_for(self),
             server_side=not factory.isClient,
             send_buffer_limit=factory.send_buffer_limit,
+            refuse_renegotiation=factory.refuse_renegotiation,
         )
         factory.provide_transport_interfaces(self, providedBy(transport))
         self.transport = transport
@@ -195,7 +211,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
     def dataReceived(self, data: bytes) -> None:
         self.factory.stats.bytes_received += len(data)
         if len(data) >= BURST_SIZE:
-            self.factory.reclaimer.burst(self)
+            self.factory.burst(self)
         if self._idle_timer is not None:
             self._last_activity = self.factory.clock.seconds()
         if self._preamble is not None:
@@ -306,6 +322,9 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         self._close_transport()
 
     def _tls_failed(self, error: TLSConnectionError) -> None:
+        if isinstance(error, TLSCallbackError):
+            self._callback_failed(error)
+            return
         if error.during_handshake:
             # A peer that connects and leaves without a byte is a port scan
             # or a health check: counted, but not worth a log line each.
@@ -318,15 +337,41 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         self._flush()
         self._close_transport()
 
-    def _handshake_failed(
-        self, error: TLSConnectionError, reason: str, *, log: bool = True
-    ) -> None:
-        """Count, log (one line) and remember a failed handshake."""
+    def _callback_failed(self, error: TLSCallbackError) -> None:
+        """
+        A callback OpenSSL ran for us raised (see `_callbacks`): a bug in
+        the application's code, so it is logged whatever the policy, once,
+        with its own type and traceback.  The connection then ends as with
+        Twisted's layer when an exception escapes the handshake: at once,
+        with no alert, and ConnectionLost on both sides.
+        """
+        self._cancel_handshake_timer()
+        original = error.error
+        self.factory.stats.failed[f"{type(original).__name__} in a TLS callback"] += 1
+        _log.failure(
+            "TLS handshake failed from {peer}: {reason}",
+            failure=Failure(original, type(original), original.__traceback__),
+            peer=self._peer_text(),
+            reason=error.reason,
+        )
+        if self._reason is None:
+            self._reason = Failure(ConnectionLost(error.reason))
+        # The alert OpenSSL may have queued stays here.
+        self._engine.data_to_send()
+        self.abortConnection()
+
+    def _cancel_handshake_timer(self) -> None:
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
+
+    def _handshake_failed(
+        self, error: TLSConnectionError, reason: str, *, log: bool = True
+    ) -> None:
+        """Count, log (one line, if the policy says so) and remember a failed handshake."""
+        self._cancel_handshake_timer()
         self.factory.stats.failed[error.reason] += 1
-        if log:
+        if log and self.factory.log_handshake_failures:
             _log.info(
                 "TLS handshake failed from {peer}: {reason}",
                 peer=self._peer_text(),
@@ -433,7 +478,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         out = self._engine.data_to_send()
         if out and self.connected:
             if len(out) >= BURST_SIZE:
-                self.factory.reclaimer.burst(self)
+                self.factory.burst(self)
             self.factory.stats.bytes_sent += len(out)
             if self._idle_timer is not None:
                 self._last_activity = self.factory.clock.seconds()
@@ -468,6 +513,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
             if engine.buffered:
                 # Data is waiting for the handshake; close once it is out.
                 return
+            self._abandoned = True
             engine.abort()
             self._close_transport()
             return
@@ -481,7 +527,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         self._flush()
         if engine.state is TLSState.CLOSED:
             self._close_transport()
-        elif self._close_timer is None:
+        elif self._close_timer is None and self.factory.schedules_timers:
             self._close_timer = self.factory.clock.callLater(
                 self.factory.close_timeout, self._close_timed_out
             )
@@ -519,6 +565,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         if not self.connected:
             return
         self.disconnecting = True
+        self._abandoned = True
         self._engine.abort()
         self._drop_batch()
         self.transport.abortConnection()
@@ -570,7 +617,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
                 timer.cancel()
         self._close_timer = self._idle_timer = self._handshake_timer = None
         self.factory.stats.active -= 1
-        self.factory.reclaimer.forget(self)
+        self.factory.forget(self)
         # From here on the transport is gone: what the application writes
         # while we deliver the last records is dropped, not sent.
         self.connected = 0
@@ -581,12 +628,31 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         self._engine.connection.set_app_data(None)
         # The real transport stops the producer itself when it goes away.
         self._producer = None
-        final = self._reason or reason
+        final = self._for_application(self._reason or reason)
         self._reason = None
-        if final is not None and final.check(TLSTruncationError):
-            final = Failure(ConnectionLost(str(final.value)))
         if self.wrappedProtocol is not None:
             ProtocolWrapper.connectionLost(self, final)
+
+    def _for_application(self, reason: Failure | None) -> Failure | None:
+        """
+        What the application's ``connectionLost`` gets for C{reason}: what
+        Twisted's layer would give it.
+        """
+        value = reason.value if reason is not None else None
+        if isinstance(value, TLSTruncationError):
+            return Failure(ConnectionLost(value.reason))
+        if isinstance(value, TLSConnectionError):
+            original = value.__cause__
+            if isinstance(original, SSL.Error):
+                return Failure(original, type(original), original.__traceback__)
+            # Ours alone (a handshake timeout, plain HTTP): no pyOpenSSL
+            # exception to stand for it.
+            return reason
+        if self._abandoned and (reason is None or isinstance(value, ConnectionDone)):
+            # A transport closed under a session we abandoned ends cleanly as
+            # far as TCP knows, but TLS never finished.
+            return Failure(ConnectionLost("TLS connection abandoned before its close_notify"))
+        return reason
 
     # -- producers and consumers ---------------------------------------------
 

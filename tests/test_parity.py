@@ -452,6 +452,62 @@ class ParityTests:
             assert server.lost is None
 
 
+    def test_a_peer_that_hangs_up_after_our_close_notify_ends_the_connection_cleanly(
+        self,
+    ) -> None:
+        """
+        Deliberate difference: we asked to close and had all we wanted, so a
+        peer that hangs up instead of answering close_notify (most HTTP
+        clients do) is a clean end for ours, a lost connection for Twisted's.
+        """
+        pair = connect(self.flavour)
+        pair.server.transport.loseConnection()  # type: ignore[union-attr]
+        pair.pump.clientIO.protocol = _BlackHole()  # type: ignore[attr-defined]
+        pair.flush()
+        pair.client_io.loseConnection()
+        pair.flush()
+        assert pair.server.lost is not None
+        expected = ConnectionDone if self.flavour == "membio" else ConnectionLost
+        assert type(pair.server.lost.value) is expected, pair.server.lost
+
+    def test_a_producer_paused_by_tls_and_the_transport_waits_for_both(self) -> None:
+        """
+        Deliberate difference: Twisted's layer keeps one pause flag, so the
+        transport resuming its producer resumes it even while TLS still holds
+        its writes back; ours resumes it once neither holds.
+        """
+        pki = make_pki("ecdsa")
+        clock = Clock()
+        producer = Recorder()
+        client, server = App(), App()
+
+        def made() -> None:
+            client.transport.registerProducer(producer, True)  # type: ignore[union-attr]
+            client.transport.write(b"hello")  # type: ignore[union-attr]
+
+        client.connectionMade = made  # type: ignore[method-assign]
+        cls = FACTORIES[self.flavour]
+        sp = cls(server_options(pki), False, protocol.Factory.forProtocol(lambda: server),
+                 clock).buildProtocol(None)
+        cp = cls(client_options(pki), True, protocol.Factory.forProtocol(lambda: client),
+                 clock).buildProtocol(None)
+        client_io = iosim.makeFakeClient(cp)
+        pump = iosim.connect(sp, iosim.makeFakeServer(sp), cp, client_io, greet=False,
+                             clock=clock)
+        clock.advance(0)
+        assert producer.calls == ["pause"], "the write waits for the handshake"
+        # The real transport's buffer fills and drains meanwhile.
+        client_io.producer.pauseProducing()
+        client_io.producer.resumeProducing()
+        if self.flavour == "membio":
+            assert producer.calls == ["pause"], "TLS still holds the write back"
+        else:
+            assert producer.calls == ["pause", "resume"]
+        pump.flush()
+        assert producer.calls == ["pause", "resume"]
+        assert bytes(server.received) == b"hello"
+
+
 class TwistedParityTests(ParityTests, SynchronousTestCase):
     flavour = "twisted"
 

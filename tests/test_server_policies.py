@@ -213,6 +213,16 @@ def test_a_failed_handshake_is_one_log_line_with_the_peer_and_the_reason(
     assert sum(pair.server_tls.factory.stats.failed.values()) == 1
 
 
+def test_the_bare_factory_logs_failed_handshakes_no_more_than_twisted_does(
+    log_lines: list[str],
+) -> None:
+    untrusting = client_options(make_pki("rsa"))
+    pair = connect("membio", PKI, client_creator=untrusting)
+    assert pair.client.lost is not None and pair.server.lost is not None
+    assert log_lines == []
+    assert sum(pair.server_tls.factory.stats.failed.values()) == 1, "still counted"
+
+
 def test_counters_track_connections_handshakes_and_bytes() -> None:
     stats = TLSStats()
     pair = connect("membio", PKI, stats=stats)
