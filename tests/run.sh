@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh machine that has only python3 (3.11+):
 # installs the system tools the tests drive (openssl, curl, chromium, NSS
 # tools, wrk, haproxy, ss, setpriv) when they are missing, builds .venv, then
-# runs ruff, mypy, trial on the parity suite, and pytest.
+# runs ruff, mypy, trial on the parity suite and on Twisted's own TLS tests
+# (the conformance run), and pytest.
 # Arguments are passed to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,4 +35,8 @@ fi
 .venv/bin/python -m mypy
 # The parity suite is plain trial TestCases: prove trial runs it too.
 .venv/bin/python -m twisted.trial --temp-directory="${TMPDIR:-/tmp}/membio-trial" tests.test_parity
+# Twisted's own TLS tests against our classes (tests/twisted_conformance.py),
+# under trial; pytest runs them again below.
+.venv/bin/python -m twisted.trial --reporter=text \
+    --temp-directory="${TMPDIR:-/tmp}/membio-trial-conformance" tests.twisted_conformance
 exec .venv/bin/python -m pytest "$@"
