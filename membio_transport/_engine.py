@@ -205,7 +205,10 @@ class TLSEngine:
 
     @property
     def error(self) -> TLSConnectionError | None:
-        """The failure that moved the engine to FAILED, if any."""
+        """
+        The failure that ended the session, if any: the one that moved the
+        engine to FAILED, or one that came after a callback abandoned it.
+        """
         return self._error
 
     # -- input -------------------------------------------------------------

@@ -115,6 +115,8 @@ def startTLS(
     @param received: bytes the protocol already read past its STARTTLS
         command (for a ``LineReceiver``, what ``clearLineBuffer()``
         returns): they are the start of the peer's TLS stream.
+    @param factory_options: keywords for `MemoryBIOTLSFactory`, over the
+        hardened policy this starts from (``handshake_timeout=None``...).
     @return: the TLS transport now under C{protocol}.
     """
     transport: Any = getattr(protocol, "transport", None)
