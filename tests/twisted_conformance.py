@@ -240,6 +240,26 @@ def _pooled_key_class() -> type:
 _PooledKey: Final = _pooled_key_class()
 
 
+@contextlib.contextmanager
+def _no_leaked_log_observers() -> Iterator[None]:
+    """
+    Remove the legacy log observers a test added and left behind.  Under
+    pytest every later test shares them: Twisted's test_connectionLostLogMsg
+    adds its observer twice and removes it once, and a legacy observer drops
+    the ``message`` field of every new-style event it sees, which other
+    tests read.
+    """
+    from twisted.python import log
+
+    before = list(log.theLogPublisher.observers)
+    try:
+        yield
+    finally:
+        for observer in log.theLogPublisher.observers:
+            if observer not in before:
+                log.removeObserver(observer)
+
+
 def check_substitution() -> None:
     """
     Fail if, with the substitution in force, a loaded ``twisted`` module
@@ -344,7 +364,7 @@ def _conformance_class(
                 namespace[name] = None
 
     def run(self: Any, result: Any) -> Any:
-        with substituted():
+        with substituted(), _no_leaked_log_observers():
             return original.run(self, result)
 
     namespace["run"] = run
