@@ -30,7 +30,7 @@ from twisted.protocols.policies import WrappingFactory
 from zope.interface import classImplements, directlyProvides
 from zope.interface.declarations import Declaration
 
-from ._policy import HARDENED_HANDSHAKE_TIMEOUT, TWISTED, FactoryPolicy
+from ._policy import TWISTED, FactoryPolicy
 from ._protocol import MemoryBIOTLSProtocol
 from ._reclaim import BufferReclaimer
 from ._sniff import PlainHTTPPolicy
@@ -49,7 +49,6 @@ except ImportError:  # older Twisted: its factory had no such category
 
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
-    "DEFAULT_HANDSHAKE_TIMEOUT",
     "MemoryBIOTLSFactory",
     "connection_creator",
 ]
@@ -59,11 +58,6 @@ __all__ = [
 #: that a peer which never answers does not pin the connection (Twisted
 #: waits forever: twisted#7926).
 DEFAULT_CLOSE_TIMEOUT: Final = 5.0
-
-#: The handshake timeout of the project's own entry points (`HARDENED`);
-#: the bare factory has none, as Twisted's.
-DEFAULT_HANDSHAKE_TIMEOUT: Final = HARDENED_HANDSHAKE_TIMEOUT
-
 
 def connection_creator(is_client: bool, context_factory: object) -> ConnectionFor:
     """

@@ -22,9 +22,9 @@ from twisted.application.service import Service
 from twisted.python import usage
 
 from ._certs import ServerCertificate
-from ._factory import DEFAULT_HANDSHAKE_TIMEOUT
 from ._limits import ConnectionLimit
 from ._options import ClientAuth
+from ._policy import HARDENED_HANDSHAKE_TIMEOUT
 from ._reload import DEFAULT_POLL_INTERVAL, CertificateReloader
 from ._site import DEFAULT_HSTS_MAX_AGE
 from ._sni import CertificateFiles, CertificateSet, TLSSetup, load_client_ca
@@ -93,7 +93,7 @@ class HardeningOptions(usage.Options):
             "not for names other servers use too (localhost).",
         ],
         [
-            "handshake-timeout", None, f"{DEFAULT_HANDSHAKE_TIMEOUT:g}",
+            "handshake-timeout", None, f"{HARDENED_HANDSHAKE_TIMEOUT:g}",
             "Seconds a client has to complete its TLS handshake; 0 for no limit.",
         ],
         [
