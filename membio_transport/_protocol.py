@@ -23,7 +23,10 @@ the places where Twisted's is a known defect: the outgoing BIO is always
 drained (twisted#5095), ``loseConnection`` waits for the peer's close_notify
 only for a bounded time (twisted#7926), ``loseWriteConnection`` sends
 close_notify (twisted#5341), pausing stops already-buffered records, and the
-transport stays usable (as harmless no-ops) after ``connectionLost``.
+transport stays usable (as harmless no-ops) after ``connectionLost``.  What
+is policy (a handshake timeout, the plain-HTTP answer, a log line per failed
+handshake) follows the factory's keywords, Twisted's way unless asked
+(see `_policy`).
 
 What the application's ``connectionLost`` receives is what Twisted's layer
 hands it (`_for_application` is the one place that decides): pyOpenSSL's
@@ -356,7 +359,8 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         )
         if self._reason is None:
             self._reason = Failure(ConnectionLost(error.reason))
-        # The alert OpenSSL may have queued stays here.
+        # Drop the alert OpenSSL may have queued: as with Twisted's layer,
+        # nothing more leaves after an exception in the handshake.
         self._engine.data_to_send()
         self.abortConnection()
 
