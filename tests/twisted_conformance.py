@@ -13,7 +13,10 @@ brings its newer tests.
 The substitution is in force only while one of these tests runs (so the
 parity suite, in the same process, still gets Twisted's real classes), and
 `check_substitution` fails the run if some module still holds Twisted's
-class, which would make a test pass for the wrong reason.
+class, which would make a test pass for the wrong reason.  Two things help
+the run itself and change nothing that is tested: ``KeyPair.generate``
+hands out keys from a pool made once (`_KEY_POOL_SIZE`), and legacy log
+observers a test leaves behind are removed after it.
 
 `EXCLUDED` lists the tests that cannot pass with a different class, each
 with its reason: it reads private attributes of Twisted's class, or it
@@ -38,6 +41,7 @@ from types import ModuleType
 from typing import Any, Final
 from unittest import TestCase as PyUnitTestCase
 
+from twisted.internet._sslverify import KeyPair
 from twisted.trial import unittest as trial_unittest
 
 from membio_transport import MemoryBIOTLSFactory, MemoryBIOTLSProtocol
@@ -155,9 +159,10 @@ _LABELS: Final = {
 
 #: Distinct RSA keys handed out in turn by `KeyPair.generate` during the
 #: run.  test_sslverify makes four fresh 2048-bit keys for each of its ~50
-#: option tests (setUp) and at most two more in a test: generating them
-#: took 40 of the run's 55 seconds and tests nothing of ours.  Sixteen keys
-#: keep every test's keys distinct from each other.
+#: option tests (setUp) and at most two more in a test: generating them,
+#: and validating them again for every certificate they sign, took 40 of
+#: the run's 55 seconds and tests nothing of ours.  Sixteen keys keep every
+#: test's keys distinct from each other.
 _KEY_POOL_SIZE: Final = 16
 
 
@@ -177,8 +182,6 @@ def substituted() -> Iterator[None]:
             if name in vars(module):
                 saved.append((module, name, vars(module)[name]))
                 setattr(module, name, ours)
-    from twisted.internet._sslverify import KeyPair
-
     saved.append((KeyPair, "generate", _generate))
     KeyPair.generate = classmethod(_pooled_key)  # type: ignore[assignment]
     try:
@@ -192,9 +195,7 @@ def substituted() -> Iterator[None]:
 _RSA: Final = 6
 _key_pool: dict[int, list[Any]] = {}
 _key_turn = [0]
-_generate = vars(__import__("twisted.internet._sslverify", fromlist=["KeyPair"]).KeyPair)[
-    "generate"
-]
+_generate = vars(KeyPair)["generate"]
 
 
 def _pooled_key(cls: Any, kind: int = _RSA, size: int = 2048) -> Any:
