@@ -128,15 +128,17 @@ class PebbleCA:
     def start(self) -> None:
         assert PEBBLE is not None and CHALLTESTSRV is not None
         if self._dns is None:
+            # Every A query answered with 127.0.0.1; its own challenge servers off.
+            argv = [
+                CHALLTESTSRV,
+                "-dns01", f"127.0.0.1:{self.dns_port}",
+                "-http01", "", "-https01", "", "-tlsalpn01", "",
+                "-management", f"127.0.0.1:{self.dns_management_port}",
+                "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+            ]  # fmt: skip
             with self.dns_log.open("ab") as log:
                 self._dns = subprocess.Popen(
-                    [
-                        CHALLTESTSRV,
-                        "-dns01", f"127.0.0.1:{self.dns_port}",
-                        "-http01", "", "-https01", "", "-tlsalpn01", "",
-                        "-management", f"127.0.0.1:{self.dns_management_port}",
-                        "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-                    ],  # fmt: skip
+                    argv,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,

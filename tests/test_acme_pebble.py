@@ -197,12 +197,13 @@ def python_fetch(port: int, name: str, root: Path) -> tuple[bytes, str]:
 
 def curl_fetch(port: int, name: str, root: Path) -> str:
     assert CURL is not None
+    argv = [
+        CURL, "--silent", "--show-error", "--fail", "--max-time", "10",
+        "--cacert", str(root), "--resolve", f"{name}:{port}:127.0.0.1",
+        f"https://{name}:{port}/",
+    ]  # fmt: skip
     result = subprocess.run(
-        [
-            CURL, "--silent", "--show-error", "--fail", "--max-time", "10",
-            "--cacert", str(root), "--resolve", f"{name}:{port}:127.0.0.1",
-            f"https://{name}:{port}/",
-        ],  # fmt: skip
+        argv,
         capture_output=True,
         text=True,
         timeout=20,
@@ -366,7 +367,9 @@ async def test_ca_down_during_renewal_keeps_serving_and_recovers(
     assert "cannot reach the ACME CA" in str(manager.last_error)
     assert manager.current == first and len(site.served) == 1
     # Still serving the current certificate (not yet expired) while the CA is down.
-    _, fingerprint = await threads.deferToThread(python_fetch, short_pebble.tls_port, name, old_root)
+    _, fingerprint = await threads.deferToThread(
+        python_fetch, short_pebble.tls_port, name, old_root
+    )
     assert fingerprint == first.fingerprint_sha256
     # Back up: a new pebble knows no account; the manager registers the key again.
     await threads.deferToThread(short_pebble.restart)
@@ -378,9 +381,7 @@ async def test_ca_down_during_renewal_keeps_serving_and_recovers(
 
 
 @pytest_twisted.ensureDeferred
-async def test_wrong_challenge_answer_is_rejected_in_one_line(
-    pebble: PebbleCA, stack: Any
-) -> None:
+async def test_wrong_challenge_answer_is_rejected_in_one_line(pebble: PebbleCA, stack: Any) -> None:
     class WrongAnswers(ChallengeBoard):
         def publish_tls_alpn(self, name: str, key_authorization: str) -> Any:
             return super().publish_tls_alpn(name, key_authorization + "-wrong")

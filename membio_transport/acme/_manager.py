@@ -305,13 +305,12 @@ class AcmeManager(Service):
 
     def _run(self) -> defer.Deferred[CheckResult | None]:
         self.counters.checks += 1
-        now = self._now()
         if self._threaded and self._pool is not None:
             job: defer.Deferred[CheckResult] = deferToThreadPool(
-                self._reactor, self._pool, self._check, now
+                self._reactor, self._pool, self._check
             )
         else:
-            job = defer.maybeDeferred(self._check, now)
+            job = defer.maybeDeferred(self._check)
         self._job = job.addCallbacks(self._succeeded, self._failed)
         self._job.addBoth(self._finished)
         return self._job
@@ -320,10 +319,13 @@ class AcmeManager(Service):
         self._job = None
         return result
 
-    def _check(self, now: datetime.datetime) -> CheckResult:
+    def _check(self) -> CheckResult:
         """One check, in the ACME thread; raises AcmeError."""
         config = self.config
         with self.store.order_lock(self._cancelled, self._waiting):
+            # The time after the lock: another process may have just stored a certificate
+            # that was not yet valid when this check was scheduled.
+            now = self._now()
             stored = self.store.load_certificate(config.directory_url, config.names, now)
             if isinstance(stored, ServerCertificate):
                 renew_at = self._renew_at(stored)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwk import JWKEC
@@ -64,6 +65,9 @@ HASH_DIGITS: Final = 12
 # How often a process waiting for another one's order checks the lock (and whether it
 # was asked to stop): orders take seconds, so a second is fine-grained enough.
 LOCK_POLL_SECONDS: Final = 1.0
+# A certificate whose notBefore is at most this far ahead of our clock counts as valid:
+# the CA's clock may run a little ahead, and pebble does not backdate notBefore.
+CLOCK_SKEW_ALLOWANCE: Final = datetime.timedelta(minutes=5)
 _UNSAFE: Final = re.compile(r"[^a-z0-9._-]+")
 
 
@@ -186,7 +190,7 @@ class AcmeStore:
         if not chain.exists() or not key.exists():
             return "none stored yet"
         try:
-            stored = load_certificate(chain, key, now=now)
+            stored = load_certificate(chain, key, now=_judged_at(chain, now))
         except CertificateError as error:
             return str(error)
         if set(stored.names) != set(names):
@@ -208,7 +212,8 @@ class AcmeStore:
         self._write(folder / KEY_FILE, _pem_key(key), KEY_FILE_MODE)
         self._write(folder / CHAIN_FILE, chain_pem, CERT_FILE_MODE)
         try:
-            return load_certificate(folder / CHAIN_FILE, folder / KEY_FILE, now=now)
+            chain = folder / CHAIN_FILE
+            return load_certificate(chain, folder / KEY_FILE, now=_judged_at(chain, now))
         except CertificateError as error:
             raise AcmeStateError(f"the certificate the CA issued is unusable: {error}") from None
 
@@ -255,6 +260,16 @@ class AcmeStore:
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+
+def _judged_at(chain: Path, now: datetime.datetime) -> datetime.datetime:
+    """``now``, or the leaf's notBefore when that is only a clock skew ahead of it."""
+    try:
+        leaf = x509.load_pem_x509_certificate(chain.read_bytes())
+    except (OSError, ValueError):
+        return now  # load_certificate says what is wrong with the file
+    start = leaf.not_valid_before_utc
+    return start if now < start <= now + CLOCK_SKEW_ALLOWANCE else now
 
 
 def _holder(fd: int) -> str:

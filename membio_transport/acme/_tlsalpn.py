@@ -111,11 +111,24 @@ def is_challenge_connection(transport: object) -> bool:
 
 @implementer(IHandshakeListener)
 class _GateProtocol(ProtocolWrapper):
-    """Holds the application back until the handshake shows what the connection is."""
+    """Holds the application back until the handshake shows what the connection is.
+
+    The application's protocol is built then too, so a factory that counts or limits
+    connections never hears of a challenge connection.
+    """
 
     factory: ChallengeGate
     _app_connected = False
     _closed = False
+
+    def __init__(self, factory: ChallengeGate, address: Any) -> None:
+        super().__init__(factory, None)  # type: ignore[arg-type]
+        self._address = address
+
+    def logPrefix(self) -> str:
+        if self.wrappedProtocol is None:
+            return "ChallengeGate"
+        return super().logPrefix()  # type: ignore[no-untyped-call,no-any-return]
 
     def makeConnection(self, transport: ITransport) -> None:
         # ProtocolWrapper.makeConnection minus connecting the application.
@@ -137,6 +150,12 @@ class _GateProtocol(ProtocolWrapper):
     def _connect_application(self) -> None:
         if self._app_connected or self._closed:
             return
+        application = self.factory.wrappedFactory.buildProtocol(self._address)
+        if application is None:  # the factory refuses the connection
+            self._closed = True
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self.wrappedProtocol = application
         self._app_connected = True
         if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
             alsoProvides(self, IHalfCloseableProtocol)
@@ -179,3 +198,7 @@ class ChallengeGate(WrappingFactory):
     def __init__(self, wrappedFactory: Any) -> None:
         super().__init__(wrappedFactory)  # type: ignore[no-untyped-call]
         self.challenges_closed = 0
+
+    def buildProtocol(self, addr: Any) -> _GateProtocol:
+        # The application's protocol waits for the handshake (_connect_application).
+        return _GateProtocol(self, addr)
