@@ -202,6 +202,9 @@ class _Counting(protocol.Factory):
             def dataReceived(self, data: bytes) -> None:
                 self.transport.write(data)  # type: ignore[union-attr]
 
+            def connectionLost(self, reason: Any = None) -> None:
+                events.append("lost")
+
         return Echo()
 
 
@@ -221,13 +224,15 @@ def _tls_client(port: int, alpn: list[str], name: str) -> tuple[str | None, byte
             data = tls.recv(100)
         except (ssl.SSLError, OSError):
             data = b""
+        if data:
+            tls.unwrap()  # close_notify: a half-close the application cannot take
         return chosen, data
 
 
 @pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_gate_keeps_challenge_connections_from_the_application(
-    served: Any,
+    served: Any, failures: list[LogEvent]
 ) -> None:
     context, responder, _ = served
     app = _Counting()
@@ -247,9 +252,32 @@ async def test_gate_keeps_challenge_connections_from_the_application(
             _tls_client, number, ["http/1.1"], "www.example.org"
         )
         assert (chosen, data) == ("http/1.1", b"ping")
-        assert app.built == 1 and app.events == ["made"]
+        await eventually(lambda: "lost" in app.events, 5)
+        assert app.built == 1 and app.events == ["made", "lost"]
+        assert failures == []
     finally:
         await port.stopListening()
+
+
+@pytest.fixture
+def failures() -> Iterator[list[LogEvent]]:
+    """Log events carrying a failure (tracebacks), from anywhere."""
+    seen: list[LogEvent] = []
+
+    def observe(event: LogEvent) -> None:
+        if "log_failure" in event:
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)
+
+
+async def eventually(condition: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await task.deferLater(reactor, 0.02, lambda: None)  # type: ignore[arg-type]
 
 
 def test_is_challenge_connection() -> None:

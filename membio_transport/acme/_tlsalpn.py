@@ -131,8 +131,12 @@ class _GateProtocol(ProtocolWrapper):
         return super().logPrefix()  # type: ignore[no-untyped-call,no-any-return]
 
     def makeConnection(self, transport: ITransport) -> None:
-        # ProtocolWrapper.makeConnection minus connecting the application.
-        directlyProvides(self, providedBy(transport))
+        # ProtocolWrapper.makeConnection minus connecting the application, and minus the
+        # transport's own IHalfCloseableProtocol: the TLS layer asks whether *we* can
+        # take a half-close, which depends on the application (_connect_application).
+        directlyProvides(
+            self, *(i for i in providedBy(transport) if i is not IHalfCloseableProtocol)
+        )
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)  # type: ignore[no-untyped-call]
 
