@@ -428,6 +428,20 @@ async def test_terms_of_service_must_be_agreed(pebble: PebbleCA, stack: Any) -> 
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_untrusted_directory_certificate_names_the_option(
+    pebble: PebbleCA, stack: Any
+) -> None:
+    site = stack.site(pebble)
+    manager = stack.manager(pebble, site, directory_ca=None)
+    manager.startService()
+    await eventually(lambda: manager.counters.failures, ORDER_TIMEOUT, "the refusal")
+    line = str(manager.last_error)
+    assert isinstance(manager.last_error, CAUnreachable)
+    assert "certificate verify failed" in line and "--acme-directory-ca FILE" in line
+    assert "\n" not in line and manager.next_check is not None
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_url_that_is_not_an_acme_directory(pebble: PebbleCA, stack: Any) -> None:
     site = stack.site(pebble)
     url = f"{pebble.management_url}/roots/0"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -75,6 +76,9 @@ MAX_POLL_SECONDS: Final = 10.0
 VALIDATION_TIMEOUT: Final = 180.0
 FINALIZE_TIMEOUT: Final = 180.0
 USER_AGENT: Final = "membio-transport (acme-python)"
+# urllib3 nests the operating system's words deep inside its exception texts.
+_ERRNO: Final = re.compile(r"\[Errno -?\d+\] ([^'\"()\]]+)")
+_VERIFY_FAILED: Final = re.compile(r"(certificate verify failed: [^'\"()]+)")
 
 
 class _Ready(challenges.KeyAuthorizationChallengeResponse):
@@ -172,19 +176,20 @@ class AcmeSession:
             raise from_problem(problem, directory_url=url, retry_at=retry_at, **where) from None
         except requests.exceptions.SSLError as error:
             raise CAUnreachable(
-                f"cannot verify the TLS certificate of the ACME CA {url} ({_reason(error)}); "
+                f"cannot verify the TLS certificate of the ACME CA {url} "
+                f"({_network_reason(error)}); "
                 "for a private CA, trust its certificate with --acme-directory-ca FILE"
             ) from None
         except requests.exceptions.RequestException as error:
             raise CAUnreachable(
-                f"cannot reach the ACME CA {url} ({_reason(error)}); check the URL and this "
-                "machine's network (retrying)"
+                f"cannot reach the ACME CA {url} ({_network_reason(error)}); check the URL and "
+                "this machine's network"
             ) from None
         except acme_errors.TimeoutError:
-            raise CAProblem(f"the ACME CA {url} did not finish in time (retrying)") from None
+            raise CAProblem(f"the ACME CA {url} did not finish in time") from None
         except (acme_errors.Error, DeserializationError, ValueError, KeyError) as error:
             raise CAProblem(
-                f"unexpected answer from the ACME CA {url}: {_reason(error)} (retrying)"
+                f"unexpected answer from the ACME CA {url}: {_reason(error)}"
             ) from None
 
     # -- the directory and the account --------------------------------------------
@@ -206,7 +211,7 @@ class AcmeSession:
             f"{response.headers.get('Content-Type', 'no content type')}"
         )
         if response.status_code >= 500:
-            raise CAUnreachable(f"the ACME CA {url} is failing ({what}); retrying")
+            raise CAUnreachable(f"the ACME CA {url} is failing ({what})")
         try:
             document = response.json() if response.ok else None
         except ValueError:
@@ -320,7 +325,7 @@ class AcmeSession:
                 if status != messages.STATUS_PENDING:
                     raise CAProblem(
                         f"the ACME CA {self.directory_url} holds the authorization for "
-                        f"{name} in state {status}; retrying with a new order"
+                        f"{name} in state {status}; the next attempt places a new order"
                     )
                 challb, kind = self._choose(authzr, preference)
                 token = challb.chall.to_partial_json().get("token")
@@ -379,7 +384,7 @@ class AcmeSession:
             if time.monotonic() > deadline:
                 raise CAProblem(
                     f"the ACME CA {self.directory_url} did not validate {name} within "
-                    f"{VALIDATION_TIMEOUT:.0f} s (retrying)"
+                    f"{VALIDATION_TIMEOUT:.0f} s"
                 )
             delay = self._next_delay(delay, response)
 
@@ -414,7 +419,7 @@ class AcmeSession:
             if time.monotonic() > deadline:
                 raise CAProblem(
                     f"the ACME CA {self.directory_url} did not issue within "
-                    f"{FINALIZE_TIMEOUT:.0f} s (retrying)"
+                    f"{FINALIZE_TIMEOUT:.0f} s"
                 )
             self._wait(delay)
             with self._translated():
@@ -468,6 +473,18 @@ def _csr(names: Sequence[str], key: ec.EllipticCurvePrivateKey) -> bytes:
         .sign(key, hashes.SHA256())
     )
     return request.public_bytes(serialization.Encoding.PEM)
+
+
+def _network_reason(error: requests.exceptions.RequestException) -> str:
+    """The part of a requests/urllib3 error a person needs ("Connection refused")."""
+    if isinstance(error, requests.exceptions.Timeout):
+        return f"no answer within {NETWORK_TIMEOUT} s"
+    text = str(error)
+    for pattern in (_VERIFY_FAILED, _ERRNO):
+        found = pattern.search(text)
+        if found:
+            return found.group(1).strip()
+    return _reason(error)
 
 
 def _reason(error: BaseException) -> str:

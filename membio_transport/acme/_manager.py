@@ -463,13 +463,24 @@ class AcmeManager(Service):
         )
         _log.warn(
             "ACME: no certificate for {names} (attempt {attempt}): {error}{serving}; "
-            "next attempt in {delay:.0f} s",
+            "next attempt in {delay}",
             names=names, attempt=self.counters.failures, error=str(error), serving=serving,
-            delay=delay,
+            delay=_duration(delay),
         )  # fmt: skip
         if self.running:
             self._schedule(delay)
         return None
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as a person reads them: "0.3 s", "45 s", "8 min", "6 h"."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _default_session(config: AcmeConfig, cancelled: threading.Event) -> AcmeSession:
