@@ -17,6 +17,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -473,3 +474,53 @@ async def test_two_processes_sharing_a_state_directory_order_once(
     assert one.counters.orders + two.counters.orders == 1
     assert pebble.orders() == orders + 1
     assert served[0].fingerprint_sha256 == site.served[0].fingerprint_sha256
+
+
+ORDERING_PROCESS = """
+import sys
+from pathlib import Path
+from twisted.internet import reactor
+from twisted.logger import globalLogBeginner, textFileLogObserver
+from membio_transport.acme import AcmeConfig, AcmeManager
+
+globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
+
+name, url, ca, state = sys.argv[1:5]
+config = AcmeConfig(
+    names=(name,), directory_url=url, directory_ca=Path(ca), agree_tos=True,
+    state_dir=Path(state), retry_initial=0.3, retry_maximum=1.0,
+)
+
+def got(certificate):
+    print("CERT", certificate.fingerprint_sha256, file=sys.__stdout__, flush=True)
+    reactor.callLater(0, reactor.stop)
+
+AcmeManager(config, got).startService()
+reactor.callLater(20, reactor.stop)
+reactor.run()
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_answer_challenges_for_the_ordering_process(
+    pebble: PebbleCA, stack: Any, tmp_path: Path
+) -> None:
+    # As with --workers: another process orders; this one serves the port and answers
+    # the CA from the challenge files that process publishes in the state directory.
+    state = tmp_path / "shared-state"
+    site = stack.site(pebble, ChallengeBoard(state / "challenges"))
+    name = unique_name("workers")
+    argv = [sys.executable, "-c", ORDERING_PROCESS, name, pebble.directory_url]
+    argv += [str(pebble.ca_file), str(state)]
+    result = await threads.deferToThread(
+        subprocess.run, argv, capture_output=True, text=True, timeout=30
+    )
+    assert result.stdout.startswith("CERT "), result.stdout + result.stderr
+    assert site.responder.answered >= 1 and site.gate.challenges_closed >= 1
+    assert not any((state / "challenges").rglob("*.pem"))  # withdrawn
+    # This process serves what the other one stored.
+    reader = stack.manager(pebble, site, names=(name,), state=state)
+    stored = reader.stored()
+    assert stored is not None and stored.fingerprint_sha256 == result.stdout.split()[1]
+    site.serve(stored)
+    assert await verify_served(site, pebble, name, tmp_path) == stored.fingerprint_sha256

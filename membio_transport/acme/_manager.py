@@ -235,6 +235,7 @@ class AcmeManager(Service):
         self._session_factory = session_factory or _default_session
         self._session: AcmeSession | None = None
         self._pool: ThreadPool | None = None
+        self._shutdown: Any = None  # the reactor's shutdown trigger while running
         self._timer: IDelayedCall | None = None
         self._job: defer.Deferred[CheckResult | None] | None = None
         self._cancelled = threading.Event()
@@ -272,6 +273,11 @@ class AcmeManager(Service):
         if self._threaded:
             self._pool = ThreadPool(minthreads=0, maxthreads=1, name="membio-acme")
             self._pool.start()
+            # Like the reactor's own pool: a manager nobody stopped must not keep the
+            # process alive after the reactor stops.
+            self._shutdown = self._reactor.addSystemEventTrigger(
+                "during", "shutdown", self._stop_pool
+            )
         self._schedule(0.0)
 
     def stopService(self) -> defer.Deferred[None]:
@@ -280,14 +286,17 @@ class AcmeManager(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._shutdown is not None:
+            self._reactor.removeSystemEventTrigger(self._shutdown)
+            self._shutdown = None
         job = _follow(self._job) if self._job is not None else defer.succeed(None)
+        return job.addBoth(lambda _: self._stop_pool())
 
-        def stop_pool(_: object) -> None:
-            if self._pool is not None:
-                self._pool.stop()
-                self._pool = None
-
-        return job.addBoth(stop_pool)
+    def _stop_pool(self) -> None:
+        self._cancelled.set()
+        if self._pool is not None:
+            self._pool.stop()  # joins the thread: at most one request in flight
+            self._pool = None
 
     # -- the cycle -----------------------------------------------------------------
 
