@@ -39,6 +39,7 @@ from ._challengecert import (
     tls_alpn_challenge_certificate,
 )
 from ._client import CHALLENGE_TYPES, ChallengeType
+from ._config import LETS_ENCRYPT_DIRECTORY, AcmeConfig, AcmeConfigError
 from ._errors import (
     AccountUnknown,
     AcmeError,
@@ -55,13 +56,7 @@ from ._errors import (
     TermsNotAgreed,
 )
 from ._http01 import HTTP01Resource
-from ._manager import (
-    LETS_ENCRYPT_DIRECTORY,
-    AcmeConfig,
-    AcmeConfigError,
-    AcmeManager,
-    CheckResult,
-)
+from ._manager import AcmeManager, CheckResult
 from ._store import AcmeStateError
 from ._tlsalpn import ChallengeGate, TLSALPNResponder, is_challenge_connection
 

@@ -188,9 +188,7 @@ class AcmeSession:
         except acme_errors.TimeoutError:
             raise CAProblem(f"the ACME CA {url} did not finish in time") from None
         except (acme_errors.Error, DeserializationError, ValueError, KeyError) as error:
-            raise CAProblem(
-                f"unexpected answer from the ACME CA {url}: {_reason(error)}"
-            ) from None
+            raise CAProblem(f"unexpected answer from the ACME CA {url}: {_reason(error)}") from None
 
     # -- the directory and the account --------------------------------------------
 
