@@ -33,7 +33,8 @@ tests and the benchmarks import from here.  The work is done in focused modules:
     the names a certificate covers, checked and normalized;
 ``_certstore``
     the private state directory (permissions, atomic writes, locking) and the decision
-    to reuse or renew what it holds, behind ``ensure_certificate``;
+    to reuse or renew what it holds, behind ``ensure_certificate``; its directory and
+    atomic-write helpers serve the ACME state too (``membio_transport.acme``);
 ``_usercerts``
     the user's own ``--cert``/``--key`` files, validated with one-line errors;
 ``_servercert`` and ``_certerrors``
@@ -44,11 +45,15 @@ from __future__ import annotations
 
 from ._certerrors import CertificateError
 from ._certstore import (
+    CERT_FILE_MODE,
     DEFAULT_MODE,
+    KEY_FILE_MODE,
     Mode,
     default_cert_dir,
     ensure_certificate,
+    prepare_state_dir,
     renewal_time,
+    write_atomically,
 )
 from ._hostnames import default_hostnames, normalize_name
 from ._servercert import ServerCertificate
@@ -63,7 +68,9 @@ from ._x509 import (
 )
 
 __all__ = [
+    "CERT_FILE_MODE",
     "DEFAULT_MODE",
+    "KEY_FILE_MODE",
     "LOCAL_CA_LEAF_LIFETIME",
     "ROOT_LIFETIME",
     "CertificateError",
@@ -79,6 +86,8 @@ __all__ = [
     "generate_root_ca",
     "load_certificate",
     "normalize_name",
+    "prepare_state_dir",
     "read_private_key",
     "renewal_time",
+    "write_atomically",
 ]

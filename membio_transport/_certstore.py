@@ -48,11 +48,15 @@ from ._x509 import (
 )
 
 __all__ = [
+    "CERT_FILE_MODE",
     "DEFAULT_MODE",
+    "KEY_FILE_MODE",
     "Mode",
     "default_cert_dir",
     "ensure_certificate",
+    "prepare_state_dir",
     "renewal_time",
+    "write_atomically",
 ]
 
 Mode: TypeAlias = Literal["self-signed", "local-ca"]
@@ -120,7 +124,12 @@ class _Pair:
     key: GeneratedKey
 
 
-def _prepare_state_dir(directory: Path) -> Path:
+def prepare_state_dir(directory: Path) -> Path:
+    """``directory``, absolute, created 0700 if missing, refused if someone else owns it.
+
+    Also used for the ACME state (``membio_transport.acme``), whose account keys need the
+    same protection as the local root's key.  Raises CertificateError (one line).
+    """
     # Absolute, because the trust commands we print are run from other directories.
     directory = Path(directory).expanduser().absolute()
     try:
@@ -166,7 +175,7 @@ def _locked(directory: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+def write_atomically(path: Path, data: bytes, mode: int) -> None:
     """Replace ``path`` so that readers see the old or the new content, never a mix."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -200,8 +209,8 @@ def _fsync_directory(directory: Path) -> None:
 
 def _store(pair: _Pair, cert_path: Path, key_path: Path) -> None:
     # Key first: a crash in between leaves a mismatched pair, which the next start replaces.
-    _write_atomically(key_path, _pem_key(pair.key), KEY_FILE_MODE)
-    _write_atomically(cert_path, _pem_cert(pair.cert), CERT_FILE_MODE)
+    write_atomically(key_path, _pem_key(pair.key), KEY_FILE_MODE)
+    write_atomically(cert_path, _pem_cert(pair.cert), CERT_FILE_MODE)
 
 
 def _check_owner(path: Path) -> None:
@@ -372,7 +381,7 @@ def ensure_certificate(
         lifetime=_checked_lifetime(mode, leaf_lifetime),
         now=_utc_now(now),
     )
-    directory = _prepare_state_dir(default_cert_dir() if cert_dir is None else cert_dir)
+    directory = prepare_state_dir(default_cert_dir() if cert_dir is None else cert_dir)
     with _locked(directory):
         if mode == "local-ca":
             return _ensure_local_ca(directory, request)
