@@ -142,10 +142,16 @@ def _loadgen(*args: str) -> list[str]:
     return [sys.executable, str(endtoend.LOADGEN), *args]
 
 
+#: Connections in flight (keep-alive connections, handshakes): 16 as in the timed suite; 1 makes
+#: the counts repeatable to a fraction of a percent (no batching of several connections' events
+#: in one reactor turn, which varies with the machine's load), for comparing two versions.
+CONCURRENCY = [stacks.CONNECTIONS]
+
+
 def measure_requests(cg: Callgrind, files: Files, count: int) -> Window:
     server = cg.server
     command = _loadgen(
-        "requests", "--port", str(server.port), "--connections", str(stacks.CONNECTIONS),
+        "requests", "--port", str(server.port), "--connections", str(CONCURRENCY[0]),
         "--count", str(count), "--warm", "5", "--timeout", "120",
         *(["--cafile", str(files.cert)] if server.kind.tls else ["--plain"]),
     )  # fmt: skip
@@ -157,7 +163,7 @@ def measure_requests(cg: Callgrind, files: Files, count: int) -> Window:
         assert process.stdin is not None
         ready = json.loads(endtoend._read_line(process, 600))
         if server.kind.tls and ready["ciphers"] != {
-            f"TLSv1.3 {endtoend.CIPHERSUITE}": stacks.CONNECTIONS
+            f"TLSv1.3 {endtoend.CIPHERSUITE}": CONCURRENCY[0]
         }:
             raise BenchmarkError(f"{server.kind.name}: negotiated {ready['ciphers']}")
         _wait_idle(server.pid)
@@ -180,7 +186,7 @@ def measure_requests(cg: Callgrind, files: Files, count: int) -> Window:
 def measure_connections(cg: Callgrind, files: Files, count: int, resume: bool) -> Window:
     server = cg.server
     base = [
-        "handshakes", "--port", str(server.port), "--concurrency", str(stacks.CONNECTIONS),
+        "handshakes", "--port", str(server.port), "--concurrency", str(CONCURRENCY[0]),
         "--request", "--timeout", "120",
         *(["--cafile", str(files.cert)] if server.kind.tls else ["--plain"]),
         *(["--resume"] if resume else []),
@@ -209,7 +215,14 @@ def measure_connections(cg: Callgrind, files: Files, count: int, resume: bool) -
     return Window(server.kind.name, what, count, found[0])
 
 
-def run(names: Sequence[str], requests: int, handshakes: int, keep: Path | None) -> list[Window]:
+def run(
+    names: Sequence[str],
+    requests: int,
+    handshakes: int,
+    keep: Path | None,
+    package: Path | None = None,
+    resumed: bool = True,
+) -> list[Window]:
     kinds = _kinds()
     unknown = [n for n in names if n not in kinds]
     if unknown:
@@ -223,6 +236,14 @@ def run(names: Sequence[str], requests: int, handshakes: int, keep: Path | None)
         out = keep or Path(tmp) / "callgrind"
         out.mkdir(parents=True, exist_ok=True)
         files = stacks.prepare_files(Path(tmp), sizes)
+        if package is not None:
+            # Another copy of the package (a prototype, another branch) as "ours".
+            shutil.rmtree(files.source / "membio_transport")
+            shutil.copytree(
+                package / "membio_transport",
+                files.source / "membio_transport",
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
         with endtoend._terminate_as_exit():
             for name in names:
                 started = time.perf_counter()
@@ -232,7 +253,7 @@ def run(names: Sequence[str], requests: int, handshakes: int, keep: Path | None)
                     endtoend.warm_up(cg.server)
                     windows.append(measure_requests(cg, files, requests))
                     windows.append(measure_connections(cg, files, handshakes, resume=False))
-                    if cg.kind.tls:
+                    if cg.kind.tls and resumed:
                         windows.append(measure_connections(cg, files, handshakes, resume=True))
                 finally:
                     cg.server.stop()
@@ -340,13 +361,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int)
     parser.add_argument("--handshakes", type=int)
     parser.add_argument("--keep", type=Path, help="keep the callgrind files in this directory")
+    parser.add_argument(
+        "--package",
+        type=Path,
+        metavar="DIR",
+        help="measure DIR/membio_transport as ours (a prototype) instead of the checkout's",
+    )
+    parser.add_argument("--no-resumed", action="store_true", help="skip resumed handshakes")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=stacks.CONNECTIONS,
+        help="connections in flight (default 16; 1 for repeatable A/B comparisons)",
+    )
     parser.add_argument("--top", type=int, default=12, help="TLS library calls listed per unit")
     parser.add_argument("--json", type=Path, help="write the per-unit totals here")
     args = parser.parse_args(argv)
     requests = args.requests or (200 if args.quick else 1000)
     handshakes = args.handshakes or (48 if args.quick else 160)
     names = [n for n in args.servers.split(",") if n]
-    windows = run(names, requests, handshakes, args.keep)
+    CONCURRENCY[0] = args.concurrency
+    windows = run(names, requests, handshakes, args.keep, args.package, resumed=not args.no_resumed)
     print(report(windows, args.top))
     if args.json:
         data = [
