@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -127,3 +128,34 @@ def test_callgrind_parser(tmp_path: Path) -> None:
     assert profile.entries[(rust, "_cffi_f_SSL_read")] == [60, 2]
     assert cgparse.object_name(rust).startswith("OpenSSL")
     assert profile.by_object[python] == 115
+
+
+@pytest.mark.integration
+def test_trace_calls_lists_our_layer() -> None:
+    """benchmarks/profiles/trace_calls.py: a real server in process, one request traced."""
+    script = ROOT / "benchmarks" / "profiles" / "trace_calls.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--stack", "ours"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "=== ours: one keep-alive request" in result.stdout
+    assert "MemoryBIOTLSProtocol.dataReceived" in result.stdout
+    assert "Lib.SSL_read()" in result.stdout
+
+
+@pytest.mark.parametrize("stack", ["ours", "twisted", "plain"])
+def test_request_ir_drives_every_stack(stack: str) -> None:
+    """benchmarks/profiles/request_ir.py without valgrind: the driver itself works."""
+    script = ROOT / "benchmarks" / "profiles" / "request_ir.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--ir", stack, "--requests", "3", "--connections", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import sys
@@ -142,6 +143,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--servers", default="ours,twisted")
+    parser.add_argument(
+        "--package",
+        type=Path,
+        metavar="DIR",
+        help="serve ours from DIR/membio_transport (a prototype) instead of the checkout's",
+    )
+    parser.add_argument(
+        "--idle-before",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first open N TLS connections, hold them idle, close them (as the stacks and "
+        "end-to-end suites do before their keep-alive workload)",
+    )
     args = parser.parse_args(argv)
     kinds = {k.name: k for k in stacks.server_kinds(stacks.STACKS)}
     pin = endtoend.pinning()
@@ -151,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         probe_dir.mkdir()
         (probe_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
         files = stacks.prepare_files(Path(tmp), replace(stacks.TINY, small_bytes=14))
+        if args.package is not None:
+            shutil.rmtree(files.source / "membio_transport")
+            shutil.copytree(
+                args.package / "membio_transport",
+                files.source / "membio_transport",
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
         for round_number in range(args.rounds):
             for name in args.servers.split(","):
                 for no_gc in (False, True):
@@ -172,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
                                 *pin.client, "wrk", "-t1", f"-c{stacks.CONNECTIONS}",
                                 f"-d{args.seconds}s", "--latency", url,
                             ]  # fmt: skip
+                            if args.idle_before and server.kind.tls:
+                                endtoend.measure_idle(
+                                    server, files, pin, replace(
+                                        stacks.TINY, idle_connections=args.idle_before
+                                    ),
+                                )  # fmt: skip
                             # An unmeasured second first: buffers, caches, the first GCs.
                             warm = [*pin.client, "wrk", "-t1", "-c16", "-d1s", url]
                             endtoend.run_client(warm, 60, files.client_env())
@@ -200,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
                         {"wrk": _percentiles(wrk.stdout), **probe}
                     )
     c, seconds = stacks.CONNECTIONS, args.seconds
-    print(f"wrk -t1 -c{c} -d{seconds}s, 14-byte file; medians of {args.rounds} rounds")
+    print(
+        f"wrk -t1 -c{c} -d{seconds}s, 14-byte file; medians of {args.rounds} rounds; "
+        f"{args.idle_before} idle TLS connections opened and closed before"
+    )
     print(
         f"{'server':<9} {'GC':<4} {'req/s':>7} {'p50':>6} {'p90':>6} {'p99':>6}  "
         f"{'gen2 GCs':>8} {'gen2 ms max':>11} {'gen0/1 GCs':>10}  {'turns>2ms':>9} "
