@@ -75,10 +75,11 @@ def _kinds() -> dict[str, ServerKind]:
 class Callgrind:
     """A server under callgrind, instrumentation off until asked."""
 
-    def __init__(self, kind: ServerKind, files: Files, out: Path) -> None:
+    def __init__(self, kind: ServerKind, files: Files, out: Path, env: Sequence[str] = ()) -> None:
         self.out = out
         pattern = out / f"{kind.name}.%p.out"
         valgrind = [
+            *(["env", *env] if env else []),
             "valgrind", "--tool=callgrind", "--instr-atstart=no",
             f"--callgrind-out-file={pattern}", "--trace-children=no",
         ]  # fmt: skip
@@ -222,6 +223,7 @@ def run(
     keep: Path | None,
     package: Path | None = None,
     resumed: bool = True,
+    env: Sequence[str] = (),
 ) -> list[Window]:
     kinds = _kinds()
     unknown = [n for n in names if n not in kinds]
@@ -247,7 +249,7 @@ def run(
         with endtoend._terminate_as_exit():
             for name in names:
                 started = time.perf_counter()
-                cg = Callgrind(kinds[name], files, out)
+                cg = Callgrind(kinds[name], files, out, env)
                 try:
                     cg.server.wait_ready(time.monotonic() + 300)
                     endtoend.warm_up(cg.server)
@@ -369,6 +371,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-resumed", action="store_true", help="skip resumed handshakes")
     parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set this in the servers' environment (e.g. OPENSSL_CONF=one-ticket.cnf)",
+    )
+    parser.add_argument(
         "--concurrency",
         type=int,
         default=stacks.CONNECTIONS,
@@ -381,7 +390,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     handshakes = args.handshakes or (48 if args.quick else 160)
     names = [n for n in args.servers.split(",") if n]
     CONCURRENCY[0] = args.concurrency
-    windows = run(names, requests, handshakes, args.keep, args.package, resumed=not args.no_resumed)
+    windows = run(
+        names,
+        requests,
+        handshakes,
+        args.keep,
+        args.package,
+        resumed=not args.no_resumed,
+        env=args.server_env,
+    )
     print(report(windows, args.top))
     if args.json:
         data = [

@@ -158,6 +158,27 @@ class Driver:
         body = self.exchange(*conn, REQUEST)
         assert body.endswith(b"hello, world!\n"), body[-80:]
 
+    def batch(self, conns: list[tuple[Any, Any, Any]]) -> None:
+        """One request on each connection, all read in one reactor turn (as when 16 wrk
+        connections' requests arrive together), the responses written in the next ones."""
+        SSL = self.SSL
+        for proto, _, client in conns:
+            if client is None:
+                proto.dataReceived(REQUEST)
+            else:
+                client.send(REQUEST)
+                proto.dataReceived(client.bio_read(65536))
+        self.pump(conns[0][1])
+        for _, transport, client in conns:
+            out = transport.take()
+            if client is not None:
+                client.bio_write(out)
+                out = b""
+                with contextlib.suppress(SSL.WantReadError):
+                    while True:
+                        out += client.recv(65536)
+            assert out.endswith(b"hello, world!\n"), out[-80:]
+
     def connection(self) -> None:
         proto, transport, client = self.open()
         body = self.exchange(proto, transport, client, CLOSE_REQUEST)
@@ -184,7 +205,7 @@ def _pull_on_register(transport: Any) -> None:
     transport.registerProducer = register
 
 
-def measure(stack: str, requests: int, connections: int) -> None:
+def measure(stack: str, requests: int, connections: int, batch: int = 1) -> None:
     """Run under callgrind: the markers bracket the measured work."""
     import gc
 
@@ -194,6 +215,18 @@ def measure(stack: str, requests: int, connections: int) -> None:
         driver.request(conn)
     for _ in range(5):
         driver.connection()
+    if batch > 1:
+        conns = [driver.open() for _ in range(batch)]
+        for _ in range(5):
+            driver.batch(conns)
+        gc.collect()
+        gc.disable()
+        zlib.adler32(b"requests")
+        for _ in range(requests // batch):
+            driver.batch(conns)
+        zlib.crc32(b"requests")
+        gc.enable()
+        return
     # The cyclic GC off inside the windows: when it runs depends on every allocation before,
     # so one more object anywhere moves a collection in or out of the window.  Reference
     # cycles a version leaves behind are counted separately (``gc.collect()`` after the
@@ -213,11 +246,13 @@ def measure(stack: str, requests: int, connections: int) -> None:
     gc.enable()
 
 
-def run_callgrind(stack: str, requests: int, connections: int, out: Path) -> list[int]:
+def run_callgrind(
+    stack: str, requests: int, connections: int, out: Path, batch: int = 1
+) -> list[int]:
     command = [
         "valgrind", "--tool=callgrind", "--zero-before=adler32", "--dump-before=crc32",
         f"--callgrind-out-file={out}/{stack}.%p", sys.executable, str(HERE), "--ir", stack,
-        "--requests", str(requests), "--connections", str(connections),
+        "--requests", str(requests), "--connections", str(connections), "--batch", str(batch),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
     if result.returncode != 0:
@@ -236,21 +271,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stacks", default="ours,twisted,plain")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--connections", type=int, default=40)
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        metavar="K",
+        help="requests on K connections read in one reactor turn (keep-alive only)",
+    )
     parser.add_argument("--ir", metavar="STACK", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.ir:
-        measure(args.ir, args.requests, args.connections)
+        measure(args.ir, args.requests, args.connections, args.batch)
         return 0
     with tempfile.TemporaryDirectory(prefix="membio-ir-cg-") as tmp:
         results = {}
         for stack in args.stacks.split(","):
-            results[stack] = run_callgrind(stack, args.requests, args.connections, Path(tmp))
+            results[stack] = run_callgrind(
+                stack, args.requests, args.connections, Path(tmp), args.batch
+            )
     print(
         f"instructions per unit, in process (callgrind; {args.requests} requests, "
-        f"{args.connections} connections; PYTHONPATH={os.environ.get('PYTHONPATH', '')})"
+        f"{args.connections} connections, batches of {args.batch}; "
+        f"PYTHONPATH={os.environ.get('PYTHONPATH', '')})"
     )
     for stack, totals in results.items():
-        per_request = totals[0] / args.requests if totals else float("nan")
+        units = args.requests // args.batch * args.batch
+        per_request = totals[0] / units if totals else float("nan")
         per_conn = totals[1] / args.connections if len(totals) > 1 else float("nan")
         print(
             f"  {stack:<8} keep-alive request {per_request / 1000:8.1f}k   "
