@@ -223,6 +223,8 @@ def measure(stack: str, requests: int, connections: int, batch: int = 1) -> None
         driver.connection()
     if batch > 1:
         conns = [driver.open() for _ in range(batch)]
+        for each in conns:  # the client's Finished goes with its first request
+            driver.request(each)
         for _ in range(5):
             driver.batch(conns)
         gc.collect()
