@@ -286,6 +286,9 @@ class ServerKind:
     tls: bool
     label: str
     args: Callable[[int, Files], list[str]]
+    #: The program and its leading arguments when the server is not `twistd -n` (the asyncio
+    #: servers of benchmarks/stacks.py); `args` follow it.
+    program: Callable[[], list[str]] | None = None
 
 
 def _twistd() -> list[str]:
@@ -369,15 +372,18 @@ class Server:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(files.source), env.get("PYTHONPATH", "")) if p
         )
-        command = [
-            *pin.server,
-            *(wrapper or _twistd()),
-            "-n",
-            "--pidfile=",
-            "--logfile",
-            str(self.log),
-            *kind.args(self.port, files),
-        ]
+        if kind.program is not None:
+            command = [*pin.server, *wrapper, *kind.program(), *kind.args(self.port, files)]
+        else:
+            command = [
+                *pin.server,
+                *(wrapper or _twistd()),
+                "-n",
+                "--pidfile=",
+                "--logfile",
+                str(self.log),
+                *kind.args(self.port, files),
+            ]
         self.command = command
         self.process = subprocess.Popen(
             command,

@@ -7,6 +7,7 @@ JSON object on standard output is its result.
     loadgen.py handshakes --port P --cafile CERT --duration S [--resume] [--server-pid PID]
     loadgen.py handshakes --port P --plain --duration S [--server-pid PID]
     loadgen.py idle --port P --cafile CERT --connections N [--plain]
+    loadgen.py requests --port P --cafile CERT --connections C --count N [--plain]
 
 ``handshakes`` keeps ``--concurrency`` connections in flight, each one a TCP connect, a TLS 1.3
 handshake, a close_notify and a close, for ``--duration`` seconds.  Unlike wrk it never resumes
@@ -18,6 +19,16 @@ and close only (the ceiling: what a server spends per connection without TLS).  
 ``--server-pid`` the server's CPU time
 (utime + stime from /proc/PID/stat) is read right before the first and right after the last
 measured connection.
+
+With ``--request`` each connection also sends one ``GET /small.txt`` (``Connection: close``)
+once established and reads the response to its end before closing, as a short-lived API client
+does; ``--count N`` stops after N connections instead of after ``--duration`` seconds.
+
+``requests`` opens ``--connections`` keep-alive connections, sends ``--warm`` requests on each,
+prints ``{"ready": ...}`` and waits for a line on standard input; it then sends ``--count``
+requests in all, one at a time per connection, all connections busy at once, prints its result
+line and waits for another line before closing.  A caller measuring the server (callgrind,
+benchmarks/stacks.py ``--callgrind``) brackets exactly those ``--count`` requests that way.
 
 ``idle`` opens ``--connections`` connections (TLS handshake complete, or plain TCP with
 ``--plain``), prints its result line, then holds them open, doing nothing, until a line (or EOF)
@@ -53,7 +64,18 @@ PRIME_REQUEST = (
 
 
 def server_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds (fields 14 and 15 of /proc/PID/stat)."""
+    """CPU time of a process, in seconds: the scheduler's nanosecond count summed over its
+    threads (/proc/PID/task/*/schedstat) where the kernel has it, else utime + stime (fields 14
+    and 15 of /proc/PID/stat, whole clock ticks)."""
+    try:
+        total = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat", "rb") as f:
+                total += int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    else:
+        return total / 1e9
     with open(f"/proc/{pid}/stat", "rb") as f:
         data = f.read()
     # The command name (field 2) may contain spaces: split after its closing parenthesis.
@@ -119,20 +141,29 @@ class Connection:
         self.sock: socket.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setblocking(False)
         self.connecting = True
+        #: With a request: None until the handshake is done, then the bytes still to send, then
+        #: b"" while the response is being read.
+        self.request: bytes | None = None
+        self.response = 0
         code = self.sock.connect_ex((HOST, port))
         if code not in (0, errno.EINPROGRESS):
             self.sock.close()
             raise OSError(code, os.strerror(code))
         selector.register(self.sock, selectors.EVENT_WRITE, self)
 
-    def step(self) -> bool:
-        """Advance; True once the connection is established (TLS handshake complete)."""
+    def step(self, request: bytes | None = None) -> bool:
+        """Advance; True once the connection is established (TLS handshake complete) and,
+        with `request`, once that request was sent and its response read to the end."""
+        if self.request is not None:
+            return self._exchange()
         if self.connecting:
             code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code:
                 raise OSError(code, os.strerror(code))
             self.connecting = False
             if self.context is None:
+                if request is not None:
+                    return self._start_request(request)
                 self.selector.unregister(self.sock)
                 return True
             self.selector.unregister(self.sock)
@@ -152,6 +183,39 @@ class Connection:
         except ssl.SSLWantWriteError:
             self.selector.modify(self.sock, selectors.EVENT_WRITE, self)
             return False
+        if request is not None:
+            return self._start_request(request)
+        self.selector.unregister(self.sock)
+        return True
+
+    def _start_request(self, request: bytes) -> bool:
+        self.request = request
+        self.selector.modify(self.sock, selectors.EVENT_WRITE, self)
+        return self._exchange()
+
+    def _exchange(self) -> bool:
+        """Send the request, then read until the server closes; True when it did."""
+        assert self.request is not None
+        try:
+            if self.request:
+                sent = self.sock.send(self.request)
+                self.request = self.request[sent:]
+                if self.request:
+                    return False
+                self.selector.modify(self.sock, selectors.EVENT_READ, self)
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                self.response += len(chunk)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return False
+        except ssl.SSLWantWriteError:
+            return False
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            pass
+        if not self.response:
+            raise OSError(0, "no response before the server closed")
         self.selector.unregister(self.sock)
         return True
 
@@ -163,6 +227,10 @@ class Connection:
             tally.ciphers[f"{self.sock.version()} {cipher[0] if cipher else None}"] += 1
 
     def close(self, notify: bool) -> None:
+        if self.request is not None:
+            # The server closed after its response (and sent its close_notify).
+            self.sock.close()
+            return
         if notify and isinstance(self.sock, ssl.SSLSocket):
             # Sends close_notify; the server's reply is not waited for.
             with contextlib.suppress(ssl.SSLError, OSError):
@@ -183,6 +251,7 @@ def _drive(
     want: int | None,
     stop_at: float | None,
     concurrency: int,
+    request: bytes | None = None,
 ) -> None:
     """Keep `concurrency` connections in flight until `want` completed or `stop_at` passed,
     then let the ones in flight finish."""
@@ -208,7 +277,7 @@ def _drive(
         for key, _ in selector.select(timeout=0.5):
             conn: Connection = key.data
             try:
-                done = conn.step()
+                done = conn.step(request)
             except (OSError, ssl.SSLError) as exc:
                 tally.errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
                 conn.abandon()
@@ -238,9 +307,16 @@ def handshakes(args: argparse.Namespace) -> dict[str, object]:
     def start_one() -> Connection:
         return Connection(selector, context, args.port, session, time.perf_counter() + args.timeout)
 
+    request = PRIME_REQUEST if args.request else None
     cpu0 = server_cpu_seconds(args.server_pid) if args.server_pid else None
     wall0 = time.perf_counter()
-    _drive(selector, tally, start_one, None, None, wall0 + args.duration, args.concurrency)
+    if args.count:
+        _drive(selector, tally, start_one, None, args.count, None, args.concurrency, request)
+    else:
+        _drive(
+            selector, tally, start_one, None, None, wall0 + args.duration, args.concurrency,
+            request,
+        )  # fmt: skip
     wall = time.perf_counter() - wall0
     cpu = server_cpu_seconds(args.server_pid) - cpu0 if cpu0 is not None else None
     return {
@@ -252,6 +328,114 @@ def handshakes(args: argparse.Namespace) -> dict[str, object]:
         "ciphers": dict(tally.ciphers),
         "primed_session_has_ticket": bool(session and session.has_ticket),
     }
+
+
+class KeepAlive:
+    """One keep-alive client connection sending requests one at a time (blocking socket)."""
+
+    def __init__(self, context: ssl.SSLContext | None, port: int, timeout: float) -> None:
+        raw = socket.create_connection((HOST, port), timeout=timeout)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock: socket.socket = (
+            context.wrap_socket(raw, server_hostname=SERVER_NAME) if context else raw
+        )
+        self.sock.setblocking(False)
+        self.buffer = b""
+        self.expect = -1
+        self.left = 0
+
+    def send(self) -> None:
+        self._send_all(KEEPALIVE_REQUEST)
+
+    def _send_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view) :]
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                selectors.DefaultSelector().select(0.01)
+
+    def receive(self) -> bool:
+        """Read what arrived; True once the whole response to the last request is in."""
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise OSError(0, "the server closed a keep-alive connection")
+                self.buffer += chunk
+        except (BlockingIOError, ssl.SSLWantReadError):
+            pass
+        if self.expect < 0:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return False
+            head = self.buffer[:end].lower()
+            if not head.startswith(b"http/1.1 200"):
+                raise OSError(0, f"response {head[:40]!r}")
+            start = head.find(b"content-length:")
+            length = int(head[start + 15 :].split(b"\r\n", 1)[0])
+            self.expect = end + 4 + length
+        if len(self.buffer) < self.expect:
+            return False
+        self.buffer = self.buffer[self.expect :]
+        self.expect = -1
+        return True
+
+
+KEEPALIVE_REQUEST = f"GET /small.txt HTTP/1.1\r\nHost: {SERVER_NAME}\r\n\r\n".encode()
+
+
+def _keepalive_round(conns: list[KeepAlive], total: int, timeout: float) -> int:
+    """`total` requests spread over `conns`, one outstanding per connection; returns the count."""
+    selector = selectors.DefaultSelector()
+    quota = [total // len(conns) + (i < total % len(conns)) for i in range(len(conns))]
+    busy = 0
+    for conn, n in zip(conns, quota, strict=True):
+        conn.left = n
+        if n:
+            selector.register(conn.sock, selectors.EVENT_READ, conn)
+            conn.send()
+            busy += 1
+    done = 0
+    deadline = time.monotonic() + timeout
+    while busy:
+        events = selector.select(timeout=1.0)
+        if not events and time.monotonic() > deadline:
+            raise SystemExit(f"loadgen: requests timed out ({done} of {total} done)")
+        for key, _ in events:
+            conn = key.data
+            while conn.receive():
+                done += 1
+                conn.left -= 1
+                if conn.left:
+                    conn.send()
+                else:
+                    selector.unregister(conn.sock)
+                    busy -= 1
+                    break
+    selector.close()
+    return done
+
+
+def requests(args: argparse.Namespace) -> dict[str, object]:
+    context = None if args.plain else client_context(args.cafile)
+    conns = [KeepAlive(context, args.port, args.timeout) for _ in range(args.connections)]
+    ciphers = collections.Counter(
+        f"{c.sock.version()} {c.sock.cipher()[0]}"
+        for c in conns
+        if isinstance(c.sock, ssl.SSLSocket) and c.sock.cipher()
+    )
+    warm = _keepalive_round(conns, args.warm * len(conns), args.timeout * 10)
+    print(json.dumps({"ready": warm, "ciphers": dict(ciphers)}), flush=True)
+    sys.stdin.readline()
+    wall0 = time.perf_counter()
+    done = _keepalive_round(conns, args.count, args.timeout * 100)
+    wall = time.perf_counter() - wall0
+    print(json.dumps({"completed": done, "wall": wall}), flush=True)
+    sys.stdin.readline()
+    for conn in conns:
+        conn.sock.close()
+    return {"closed": len(conns)}
 
 
 def _fd_count(pid: int) -> int:
@@ -317,7 +501,7 @@ def idle(args: argparse.Namespace) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="mode", required=True)
-    for name in ("handshakes", "idle"):
+    for name in ("handshakes", "idle", "requests"):
         p = sub.add_parser(name)
         p.add_argument("--port", type=int, required=True)
         p.add_argument("--cafile")
@@ -325,9 +509,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--timeout", type=float, default=10.0, help="per connection, seconds")
         p.add_argument("--plain", action="store_true", help="TCP only, no TLS")
     hs = sub.choices["handshakes"]
-    hs.add_argument("--duration", type=float, required=True)
+    hs.add_argument("--duration", type=float)
+    hs.add_argument("--count", type=int, help="stop after this many connections")
+    hs.add_argument("--request", action="store_true", help="one GET per connection")
     hs.add_argument("--resume", action="store_true")
     hs.add_argument("--server-pid", type=int)
+    rq = sub.choices["requests"]
+    rq.add_argument("--connections", type=int, default=16)
+    rq.add_argument("--count", type=int, required=True)
+    rq.add_argument("--warm", type=int, default=20, help="unmeasured requests per connection")
     idle_parser = sub.choices["idle"]
     idle_parser.add_argument("--connections", type=int, required=True)
     idle_parser.add_argument(
@@ -336,7 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "plain", False) and not args.cafile:
         parser.error("--cafile is required for TLS")
-    result = handshakes(args) if args.mode == "handshakes" else idle(args)
+    if args.mode == "handshakes" and not (args.duration or args.count):
+        parser.error("handshakes needs --duration or --count")
+    modes = {"handshakes": handshakes, "idle": idle, "requests": requests}
+    result = modes[args.mode](args)
     print(json.dumps(result), flush=True)
     return 0
 

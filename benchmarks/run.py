@@ -1,11 +1,16 @@
 """The one command that runs the benchmarks and prints medians and ratios.
 
     python benchmarks/run.py [--quick] [--rounds N] [--only WORKLOAD] [--chart out.png]
+    python benchmarks/run.py --suite stacks [--quick]    # TLS cost above each stack's TCP twin
+    python benchmarks/run.py --callgrind [--quick]       # the same per unit, in instructions
 
 A thin driver on purpose: each suite module measures and returns `results.Row` objects, and this
 file only chooses suites, prints the environment and the table, and writes the optional chart
-and JSON.  Suites: in-process (benchmarks/inprocess.py, memory to memory) and end-to-end
-(benchmarks/endtoend.py, twistd servers over loopback driven by curl, wrk and loadgen.py).
+and JSON.  Suites: in-process (benchmarks/inprocess.py, memory to memory), end-to-end
+(benchmarks/endtoend.py, twistd servers over loopback driven by curl, wrk and loadgen.py), and,
+when asked for with ``--suite stacks``, every TLS stack against its own plain-TCP twin
+(benchmarks/stacks.py: Twisted's, ours, asyncio's and uvloop's).  ``--callgrind`` runs
+benchmarks/callgrind.py instead: instructions per request and per handshake under callgrind.
 A new suite is one more entry in `SUITES`.
 """
 
@@ -25,7 +30,7 @@ if not __package__:
     # Run as a script: make `benchmarks` and the checkout's `membio_transport` importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import endtoend, inprocess
+from benchmarks import endtoend, inprocess, stacks
 from benchmarks.results import (
     Row,
     RunOptions,
@@ -47,6 +52,10 @@ class Suite:
     legend: str
     #: The performance targets this suite's rows are checked against, if any.
     targets: Callable[[Sequence[Row]], list[Verdict]] | None = None
+    #: A table of its own instead of the medians-and-ratios one.
+    report: Callable[[Sequence[Row]], str] | None = None
+    #: Run when no --suite is given.
+    default: bool = True
 
 
 SUITES: dict[str, Suite] = {
@@ -60,6 +69,13 @@ SUITES: dict[str, Suite] = {
         tuple(w.name for w in endtoend.WORKLOADS),
         endtoend.LEGEND,
         endtoend.targets,
+    ),
+    stacks.SUITE: Suite(
+        stacks.collect,
+        tuple(w.name for w in stacks.WORKLOADS),
+        stacks.LEGEND,
+        report=stacks.report,
+        default=False,
     ),
 }
 
@@ -140,7 +156,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--chart", type=Path, metavar="PATH", help="also write a PNG of the ratios")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every sample as JSON")
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="instructions per request and per handshake under callgrind (benchmarks/callgrind.py)",
+    )
     args = parser.parse_args(argv)
+    if args.callgrind:
+        from benchmarks import callgrind
+
+        return callgrind.main(["--quick"] if args.quick else [])
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
 
@@ -155,7 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("  ".join(f"{k}: {v}" for k, v in meta.items()))
     started = time.perf_counter()
     rows: list[Row] = []
-    for name in args.suite or list(SUITES):
+    chosen = args.suite or [name for name, suite in SUITES.items() if suite.default]
+    if args.only and not args.suite:
+        chosen = [n for n, s in SUITES.items() if any(w in s.workloads for w in args.only)]
+    for name in chosen:
         suite = SUITES[name]
         only = tuple(w for w in args.only if w in suite.workloads)
         if args.only and not only:
@@ -175,7 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         + "\nspread: (max-min)/median of the wall values.  /<impl>: median over rounds of this "
         "row's value / <impl>'s value in the same round."
     )
-    print(format_table(rows))
+    plain = [r for r in rows if SUITES[r.suite].report is None]
+    if plain:
+        print(format_table(plain))
+    for name in ran:
+        custom = SUITES[name].report
+        if custom is not None:
+            print(custom([r for r in rows if r.suite == name]))
     for name in ran:
         check = SUITES[name].targets
         verdicts = check(rows) if check else []
