@@ -27,15 +27,19 @@ reloaders are read through small protocols (`RefusalCounter`,
 """
 
 from ._collector import FamilySource, MetricSources, RefusalCounter, ReloadCounters
+from ._expiry import CHECK_INTERVAL, EXPIRY_WARNINGS, ExpiryWatch
 from ._handshakes import DURATION_BUCKETS, HandshakeDetails
 from ._http import metrics_resource, metrics_service
 from ._vocabulary import FAILURE_KINDS, failure_kind
 from ._workers import SNAPSHOT_INTERVAL, SnapshotReporter, WorkerLink, WorkerMetrics
 
 __all__ = [
+    "CHECK_INTERVAL",
     "DURATION_BUCKETS",
+    "EXPIRY_WARNINGS",
     "FAILURE_KINDS",
     "SNAPSHOT_INTERVAL",
+    "ExpiryWatch",
     "FamilySource",
     "HandshakeDetails",
     "MetricSources",
