@@ -30,6 +30,7 @@ from ._collector import FamilySource, MetricSources, RefusalCounter, ReloadCount
 from ._expiry import CHECK_INTERVAL, EXPIRY_WARNINGS, ExpiryWatch
 from ._handshakes import DURATION_BUCKETS, HandshakeDetails
 from ._http import metrics_resource, metrics_service
+from ._jsonlog import LogFormat, format_json_event, json_log_observer, with_log_format
 from ._vocabulary import FAILURE_KINDS, failure_kind
 from ._workers import SNAPSHOT_INTERVAL, SnapshotReporter, WorkerLink, WorkerMetrics
 
@@ -42,6 +43,7 @@ __all__ = [
     "ExpiryWatch",
     "FamilySource",
     "HandshakeDetails",
+    "LogFormat",
     "MetricSources",
     "RefusalCounter",
     "ReloadCounters",
@@ -49,6 +51,9 @@ __all__ = [
     "WorkerLink",
     "WorkerMetrics",
     "failure_kind",
+    "format_json_event",
+    "json_log_observer",
     "metrics_resource",
     "metrics_service",
+    "with_log_format",
 ]
