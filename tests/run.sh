@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine that has only python3 (3.11+):
 # installs the system tools the tests drive (openssl, curl, chromium, NSS
-# tools, wrk, haproxy, ss, setpriv) when they are missing, builds .venv, then
+# tools, wrk, haproxy, ss, setpriv, prometheus) when they are missing, builds .venv, then
 # runs ruff, mypy, trial on the parity suite and on Twisted's own TLS tests
 # (the conformance run), and pytest.
 # Arguments are passed to pytest.
@@ -19,6 +19,7 @@ need haproxy haproxy
 need ss iproute2
 need setpriv util-linux
 need stdbuf coreutils
+need prometheus prometheus
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then apt=(apt-get); else apt=(sudo -n apt-get); fi
     echo "tests/run.sh: installing ${missing[*]}" >&2
