@@ -20,7 +20,7 @@ from twisted.web.static import Data
 
 from membio_transport import MemoryBIOTLSFactory, ServerTLSOptions, TLSStats, server_context
 from membio_transport._certs import load_certificate
-from membio_transport.observe import MetricSources, metrics_service
+from membio_transport.observe import MetricSources, listen_metrics
 
 
 def main(cert: str, key: str) -> None:
@@ -36,13 +36,12 @@ def main(cert: str, key: str) -> None:
         ServerTLSOptions(server_context(cert, key)), False, site, stats=stats
     )
     tls = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-    service = metrics_service("tcp:0:interface=127.0.0.1", sources.registry())
-    service.startService()
+    listening = listen_metrics("tcp:0:interface=127.0.0.1", sources.registry())
 
     def ready(port: Any) -> None:
         print(json.dumps({"tls": tls.getHost().port, "metrics": port.getHost().port}), flush=True)
 
-    service._waitingForPort.addCallback(ready)
+    listening.addCallback(ready)
     reactor.run()  # type: ignore[attr-defined]
 
 

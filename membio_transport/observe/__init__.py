@@ -29,7 +29,7 @@ reloaders are read through small protocols (`RefusalCounter`,
 from ._collector import FamilySource, MetricSources, RefusalCounter, ReloadCounters
 from ._expiry import CHECK_INTERVAL, EXPIRY_WARNINGS, ExpiryWatch
 from ._handshakes import DURATION_BUCKETS, HandshakeDetails
-from ._http import metrics_resource, metrics_service
+from ._http import listen_metrics, metrics_resource, metrics_service
 from ._jsonlog import LogFormat, format_json_event, json_log_observer, with_log_format
 from ._vocabulary import FAILURE_KINDS, failure_kind
 from ._workers import SNAPSHOT_INTERVAL, SnapshotReporter, WorkerLink, WorkerMetrics
@@ -53,6 +53,7 @@ __all__ = [
     "failure_kind",
     "format_json_event",
     "json_log_observer",
+    "listen_metrics",
     "metrics_resource",
     "metrics_service",
     "with_log_format",

@@ -28,7 +28,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-__all__ = ["METRICS_PATH", "metrics_resource", "metrics_service"]
+__all__ = ["METRICS_PATH", "listen_metrics", "metrics_resource", "metrics_service"]
 
 _log = Logger(namespace="membio_transport.observe")
 
@@ -101,6 +101,34 @@ class _Announcing:
         return listening.addCallback(announce)
 
 
+def _reactor(reactor: Any) -> Any:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        return default_reactor
+    return reactor
+
+
+def listen_metrics(
+    description: str,
+    registry: CollectorRegistry,
+    *,
+    reactor: Any = None,
+    system: str = "membio",
+) -> Deferred[IListeningPort]:
+    """
+    Serve C{registry} at C{/metrics} on the endpoint C{description} now,
+    outside any service (the ``metrics=`` key of an endpoint string, a
+    program of one's own); fires with the listening port.
+
+    @raise ValueError: C{description} is not a valid endpoint description.
+    """
+    reactor = _reactor(reactor)
+    endpoint = _Announcing(serverFromString(reactor, description), description, system)
+    site = _QuietSite(metrics_resource(registry))  # type: ignore[no-untyped-call]
+    return endpoint.listen(site)
+
+
 def metrics_service(
     description: str,
     registry: CollectorRegistry,
@@ -115,10 +143,7 @@ def metrics_service(
 
     @raise ValueError: C{description} is not a valid endpoint description.
     """
-    if reactor is None:
-        from twisted.internet import reactor as default_reactor
-
-        reactor = default_reactor
+    reactor = _reactor(reactor)
     endpoint = _Announcing(serverFromString(reactor, description), description, system)
     site = _QuietSite(metrics_resource(registry))  # type: ignore[no-untyped-call]
     service = StreamServerEndpointService(endpoint, site)
