@@ -50,10 +50,17 @@ def wait_for(what: str, condition: Callable[[], Any], timeout: float = WAIT) -> 
 
 
 @contextmanager
-def process(command: list[str], directory: Path, name: str, **kw: Any) -> Iterator[Any]:
-    """C{command}, stopped (SIGTERM, then SIGKILL) on leaving, whatever happened."""
+def process(
+    command: list[str], directory: Path, name: str, *, cwd: Path | None = None, **kw: Any
+) -> Iterator[Any]:
+    """
+    C{command}, its standard error in C{directory}/C{name}.err, stopped
+    (SIGTERM, then SIGKILL) on leaving, whatever happened.
+    """
     with open(directory / f"{name}.err", "wb") as err:
-        child = subprocess.Popen(command, cwd=directory, stderr=err, stdin=subprocess.DEVNULL, **kw)
+        child = subprocess.Popen(
+            command, cwd=cwd or directory, stderr=err, stdin=subprocess.DEVNULL, **kw
+        )
     try:
         yield child
     finally:
@@ -161,7 +168,7 @@ def test_prometheus_scrapes_handshakes_failures_and_plain_http(
     ca, chain, key, not_after = write_certificate(tmp_path)
     command = [sys.executable, "-m", "tests._metrics_server", str(chain), str(key)]
     env = subprocess_env(tmp_path / "home")
-    with process(command, REPO, "server", stdout=subprocess.PIPE, env=env) as server:
+    with process(command, tmp_path, "server", cwd=REPO, stdout=subprocess.PIPE, env=env) as server:
         assert server.stdout is not None
         ports = json.loads(server.stdout.readline())
         tls, metrics = ports["tls"], ports["metrics"]
