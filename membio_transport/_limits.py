@@ -148,6 +148,7 @@ class ConnectionLimit:
                 count=self._burst_refused, maximum=self.maximum,
                 seconds=max(self._last_refusal - self._burst_start, 0.0),
                 refused=self.refused, log_system=self._log_system,
+                event_name="connection_refused_limit",
             )
         if quiet_since < BURST_GAP:
             # Still refusing: the next report covers from here on.

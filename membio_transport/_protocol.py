@@ -142,6 +142,8 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
     #: We abandoned the session (abort, or a close before the handshake
     #: completed): however the transport ends, it was not a clean TLS end.
     _abandoned = False
+    #: When the connection started, for ``stats.detail`` (set only with one).
+    _started = 0.0
 
     def __init__(
         self,
@@ -180,7 +182,11 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         self.transport = transport
         self.connected = 1
         factory.registerProtocol(self)  # type: ignore[no-untyped-call]
-        factory.stats.active += 1
+        stats = factory.stats
+        stats.active += 1
+        stats.connections += 1
+        if stats.detail is not None:
+            self._started = stats.detail.now()
         if not factory.isClient and factory.plain_http is not None:
             self._preamble = b""
         if factory.handshake_timeout is not None:
@@ -245,6 +251,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
                 int(getattr(host, "port", 443)),
             )
             self.transport.write(response)
+            self.factory.stats.plain_http_answered += 1
             self._handshake_failed(
                 TLSHandshakeError(reason="plain HTTP on the TLS port"),
                 f"plain HTTP on the TLS port (answered: use {url})",
@@ -295,9 +302,12 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
-        factory.stats.handshakes += 1
+        stats = factory.stats
+        stats.handshakes += 1
         if _session_reused(self._engine.connection):
-            factory.stats.resumed += 1
+            stats.resumed += 1
+        if stats.detail is not None:
+            stats.detail.handshake_completed(self._engine.connection, self._started)
         if factory.idle_timeout is not None:
             self._last_activity = factory.clock.seconds()
             self._idle_timer = factory.clock.callLater(factory.idle_timeout, self._idle_check)
@@ -356,6 +366,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
             failure=Failure(original, type(original), original.__traceback__),
             peer=self._peer_text(),
             reason=error.reason,
+            event_name="tls_handshake_failed",
         )
         if self._reason is None:
             self._reason = Failure(ConnectionLost(error.reason))
@@ -380,6 +391,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
                 "TLS handshake failed from {peer}: {reason}",
                 peer=self._peer_text(),
                 reason=reason,
+                event_name="tls_handshake_failed",
             )
         if self._reason is None:
             self._reason = Failure(error)
@@ -405,6 +417,7 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
             "closing TLS connection from {peer}: idle for {idle:.0f}s",
             peer=self._peer_text(),
             idle=idle,
+            event_name="connection_idle_closed",
         )
         # Our decision, not the application's: close even while a producer
         # is registered (twisted.web's channel always has one).

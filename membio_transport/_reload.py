@@ -102,6 +102,9 @@ class CertificateReloader(Service):
         #: How many reloads succeeded and failed (for tests and operators).
         self.reloads = 0
         self.failures = 0
+        #: Of those, the ones made because a generated certificate was due.
+        self.renewals = 0
+        self.renewal_failures = 0
 
     @property
     def clock(self) -> Any:
@@ -158,7 +161,10 @@ class CertificateReloader(Service):
             and self._renewal_tried != renew_after
         ):
             self._renewal_tried = renew_after  # one try per renewal date
-            self.reload("the generated certificate is due for renewal")
+            if self.reload("the generated certificate is due for renewal"):
+                self.renewals += 1
+            else:
+                self.renewal_failures += 1
 
     # -- reloading -----------------------------------------------------------------
 
@@ -178,6 +184,7 @@ class CertificateReloader(Service):
                 "{reason}",
                 why=why, fingerprint=old.default.fingerprint_sha256,
                 reason=_one_line(error), log_system=self._log_system,
+                event_name="certificate_reload_failed",
             )
             return False
         self.options.context = built.context
@@ -194,6 +201,7 @@ class CertificateReloader(Service):
             unchanged=" (unchanged)" if same else "",
             names=", ".join(default.names) or "(no names)", expiry=default.not_after,
             others=others, log_system=self._log_system,
+            event_name="certificate_reloaded",
         )
         return True
 

@@ -36,10 +36,12 @@ class _StartupLog:
         plan = self.plan
         urls: list[str] = []
         lines: list[str] = []
+        listening: list[str] = []  # the listener of each of the first lines
         for listener in plan.listeners:
             if listener.port is None:
                 continue
             listener_urls, where = self._urls(listener.port)
+            listening.append(where)
             urls += [url for url in listener_urls if url not in urls]
             if listener.port_option == "--port" and _is_loopback(plan.interface):
                 where += " (this machine only: --interface 0.0.0.0 or :: serves the network)"
@@ -65,8 +67,14 @@ class _StartupLog:
                 )
             lines += certificate.trust_instructions(first_url)
         lines += [f"ready: open {url}" for url in urls] or ["ready (no TCP listener)"]
-        for line in lines:
-            _log.info("{line}", line=line, log_system=_SYSTEM)
+        for index, line in enumerate(lines):
+            if index < len(listening):
+                _log.info(
+                    "{line}", line=line, log_system=_SYSTEM, event_name="listening",
+                    listener=listening[index],
+                )
+            else:
+                _log.info("{line}", line=line, log_system=_SYSTEM, event_name="startup")
 
     def _where(self, port: IListeningPort) -> str:
         address = port.getHost()

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine that has only python3 (3.11+):
 # installs the system tools the tests drive (openssl, curl, chromium, NSS
-# tools, wrk, haproxy, ss, setpriv, pebble) when they are missing, builds .venv,
-# then runs ruff, mypy, trial on the parity suite and on Twisted's own TLS tests
+# tools, wrk, haproxy, ss, setpriv, pebble, prometheus) when they are missing,
+# builds .venv, then runs ruff, mypy, trial on the parity suite and on Twisted's own TLS tests
 # (the conformance run), and pytest.
 # Arguments are passed to pytest.
 set -euo pipefail
@@ -22,6 +22,7 @@ need stdbuf coreutils
 # Let's Encrypt's test CA and its DNS/challenge mock, for tests/test_acme_pebble.py.
 need pebble pebble
 need pebble-challtestsrv pebble
+need prometheus prometheus
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then apt=(apt-get); else apt=(sudo -n apt-get); fi
     echo "tests/run.sh: installing ${missing[*]}" >&2
