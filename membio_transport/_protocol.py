@@ -142,6 +142,9 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
     #: We abandoned the session (abort, or a close before the handshake
     #: completed): however the transport ends, it was not a clean TLS end.
     _abandoned = False
+    #: The application half-closed during the handshake (see
+    #: `loseWriteConnection`): done once the handshake completes.
+    _half_close_pending = False
     #: When the connection started, for ``stats.detail`` (set only with one).
     _started = 0.0
 
@@ -313,6 +316,9 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
             self._idle_timer = factory.clock.callLater(factory.idle_timeout, self._idle_check)
         if IHandshakeListener.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.handshakeCompleted()
+        if self._half_close_pending:
+            self._half_close_pending = False
+            self.loseWriteConnection()
         if self.disconnecting and self._producer is None:
             self._begin_close()
         self._relieve_backpressure()
@@ -564,6 +570,12 @@ class MemoryBIOTLSProtocol(ProtocolWrapper):
         if self._engine.state is TLSState.PEER_CLOSED:
             # The peer already closed its side: closing ours ends it all.
             self.loseConnection()
+            return
+        if self._engine.state is TLSState.HANDSHAKING:
+            # close_notify can only follow a completed handshake, and a TCP
+            # half-close now would stop our own Finished: half-close once
+            # the handshake is done (and what was written has gone out).
+            self._half_close_pending = True
             return
         self._flush()
         if self._engine.state is TLSState.OPEN:

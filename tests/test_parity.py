@@ -561,6 +561,30 @@ class MembioParityTests(ParityTests, SynchronousTestCase):
         assert client.lost is not None and client.lost.check(ConnectionDone)
         assert server.lost is not None and server.lost.check(ConnectionDone)
 
+    def test_half_close_before_the_handshake_completes_waits_for_it(self) -> None:
+        """
+        A half-close made while the handshake runs (a client that writes its
+        request and half-closes in connectionMade) must not shut TCP under
+        the handshake: the request, close_notify and the TCP half-close go
+        once it completes, and the peer can still reply.
+        """
+        server = HalfCloseApp()
+        client = HalfCloseApp()
+
+        def made() -> None:
+            client.transport.write(b"request")  # type: ignore[union-attr]
+            client.transport.loseWriteConnection()  # type: ignore[union-attr]
+
+        client.connectionMade = made  # type: ignore[method-assign]
+        pair = connect("membio", server_app=server, client_app=client)
+        assert bytes(server.received) == b"request"
+        assert server.read_lost, "the server saw close_notify"
+        server.transport.write(b"response")  # type: ignore[union-attr]
+        server.transport.loseConnection()  # type: ignore[union-attr]
+        pair.flush()
+        assert bytes(client.received) == b"response"
+        assert client.lost is not None and client.lost.check(ConnectionDone)
+
     def test_pause_and_resume_within_one_callback_keeps_delivering_in_order(self) -> None:
         pair = connect("membio")
         scheduled: list[int] = []
