@@ -7,6 +7,7 @@ says so and checks each side's actual behaviour.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
@@ -30,6 +31,7 @@ from twisted.internet.ssl import (
     optionsForClientTLS,
 )
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.protocols.basic import FileSender
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -450,6 +452,85 @@ class ParityTests:
             assert "handshake timeout" in str(server.lost.value)
         else:
             assert server.lost is None
+
+
+    def test_client_initiated_renegotiation(self) -> None:
+        """
+        Over an ordinary context both layers refuse a client's renegotiation
+        on this stack: OpenSSL 3 and later refuse it by default.  Deliberate
+        difference: over a context that allows it
+        (``SSL_OP_ALLOW_CLIENT_RENEGOTIATION``, or an older OpenSSL), Twisted's
+        layer renegotiates; ours refuses (``OP_NO_RENEGOTIATION`` on every
+        server connection).
+        """
+        assert renegotiate_against(self.flavour, allowed_by_context=False) == "refused"
+        expected = "renegotiated" if self.flavour == "twisted" else "refused"
+        assert renegotiate_against(self.flavour, allowed_by_context=True) == expected
+
+
+def renegotiate_against(flavour: str, *, allowed_by_context: bool) -> str:
+    """
+    A bare pyOpenSSL TLS 1.2 client asks a server (Twisted's layer or ours,
+    on a string transport) to renegotiate: "refused" or "renegotiated".
+    """
+    from membio_transport import ServerTLSOptions
+
+    from .test_engine import ALLOW_CLIENT_RENEGOTIATION
+
+    pki = make_pki("ecdsa")
+    context = pki.server_context(SSL.TLS1_2_VERSION)
+    if allowed_by_context:
+        context.set_options(ALLOW_CLIENT_RENEGOTIATION)
+    clock = Clock()
+    app = App()
+    factory = FACTORIES[flavour](
+        ServerTLSOptions(context), False, protocol.Factory.forProtocol(lambda: app), clock
+    )
+    server = factory.buildProtocol(None)
+    wire = StringTransport()
+    server.makeConnection(wire)
+    client = SSL.Connection(pki.client_context(SSL.TLS1_2_VERSION), None)
+    client.set_connect_state()
+
+    def exchange() -> None:
+        for _ in range(50):
+            with contextlib.suppress(SSL.WantReadError):
+                client.do_handshake()
+            with contextlib.suppress(SSL.WantReadError):
+                client.recv(65536)
+            try:
+                out = client.bio_read(1 << 20)
+            except SSL.WantReadError:
+                out = b""
+            if out:
+                server.dataReceived(out)
+            clock.advance(0)
+            back = wire.value()
+            wire.clear()
+            if back:
+                client.bio_write(back)
+            if not out and not back:
+                return
+        raise AssertionError("never went quiet")
+
+    exchange()
+    assert app.handshakes == 1
+    assert client.renegotiate()
+    try:
+        exchange()
+    except SSL.Error as error:
+        # The server answered with a no_renegotiation alert; the client
+        # gives up on the session, the server merely did not renegotiate.
+        assert "no renegotiation" in str(error), error
+        assert app.lost is None
+        return "refused"
+    assert not client.renegotiate_pending()
+    assert client.total_renegotiations() == 1
+    client.send(b"after the new handshake")
+    exchange()
+    assert bytes(app.received) == b"after the new handshake"
+    assert app.lost is None
+    return "renegotiated"
 
 
 class TwistedParityTests(ParityTests, SynchronousTestCase):
