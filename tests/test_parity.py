@@ -40,6 +40,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from membio_transport import MemoryBIOTLSFactory
+from membio_transport._factory import DEFAULT_CLOSE_TIMEOUT
 
 from ._pki import PKI, make_pki
 
@@ -539,6 +540,90 @@ class TwistedParityTests(ParityTests, SynchronousTestCase):
 
 class MembioParityTests(ParityTests, SynchronousTestCase):
     flavour = "membio"
+
+    def test_small_writes_inside_a_callback_schedule_no_reactor_call(self) -> None:
+        """
+        Inside ``dataReceived`` the flush that ends the callback sends the
+        batch: no reactor call is scheduled for it (Twisted schedules one per
+        batch).  Outside any callback, one call per batch, not one per write.
+        """
+        pair = connect("membio")
+        scheduled: list[int] = []
+
+        def burst(app: App, data: bytes) -> None:
+            before = len(pair.clock.getDelayedCalls())
+            for _ in range(10):
+                app.transport.write(b"0123456789")  # type: ignore[union-attr]
+            scheduled.append(len(pair.clock.getDelayedCalls()) - before)
+
+        pair.client.on_data = burst
+        pair.server.transport.write(b"go")  # type: ignore[union-attr]
+        pair.flush()
+        assert scheduled == [0]
+        assert bytes(pair.server.received) == b"0123456789" * 10
+        # From outside a callback: the first small write schedules one call,
+        # the next ones join its batch.
+        before = len(pair.clock.getDelayedCalls())
+        for _ in range(10):
+            pair.client.transport.write(b"x")  # type: ignore[union-attr]
+        assert len(pair.clock.getDelayedCalls()) - before == 1
+        pair.flush()
+        assert bytes(pair.server.received).endswith(b"x" * 10)
+
+    def test_ciphertext_leaves_at_once_when_256_kib_has_built_up_outside_a_callback(
+        self,
+    ) -> None:
+        """
+        Large writes from outside any callback wait for the next reactor
+        turn, until 256 KiB of plaintext is waiting: then it all goes in one
+        transport write at once, without waiting for the turn.
+        """
+        pair = connect("membio")
+        sent: list[bytes] = []
+        original_write = pair.client_io.write
+
+        def counting_write(data: bytes) -> None:
+            sent.append(data)
+            original_write(data)
+
+        pair.client_io.write = counting_write
+        piece = os.urandom(20_000)
+        writes_below = (256 * 1024) // len(piece)  # 13 writes: 260,000 bytes < 256 KiB
+        for _ in range(writes_below):
+            pair.client.transport.write(piece)  # type: ignore[union-attr]
+        assert sent == [], "drained before 256 KiB had built up"
+        pair.client.transport.write(piece)  # type: ignore[union-attr]  # 280,000 bytes
+        assert len(sent) == 1, "256 KiB waited for the reactor turn"
+        assert len(sent[0]) > (writes_below + 1) * len(piece)
+        pair.flush()
+        assert bytes(pair.server.received) == piece * (writes_below + 1)
+
+    def test_lose_connection_waits_for_the_peers_close_notify(self) -> None:
+        """
+        After our close_notify the transport stays open until the peer's
+        answer arrives (then it closes at once), or until ``close_timeout``
+        (5 s from every entry point that sets the policy) if it never does.
+        """
+        pair = connect("membio", close_timeout=DEFAULT_CLOSE_TIMEOUT)
+        pair.server.transport.loseConnection()  # type: ignore[union-attr]
+        assert not pair.server_io.disconnecting, "closed before the peer could answer"
+        pair.flush()  # the client answers with its own close_notify
+        assert pair.server_io.disconnecting
+        assert pair.server.lost is not None and pair.server.lost.check(ConnectionDone)
+        assert pair.client.lost is not None and pair.client.lost.check(ConnectionDone)
+
+        silent = connect("membio", close_timeout=DEFAULT_CLOSE_TIMEOUT)
+        silent.pump.clientIO.protocol = _BlackHole()  # type: ignore[attr-defined]
+        silent.server.transport.loseConnection()  # type: ignore[union-attr]
+        silent.flush()
+        silent.clock.advance(DEFAULT_CLOSE_TIMEOUT - 0.1)
+        silent.flush()
+        assert not silent.server_io.disconnecting, "gave up before close_timeout"
+        assert silent.server.lost is None
+        silent.clock.advance(0.2)
+        silent.flush()
+        assert silent.server_io.disconnecting, "waited past close_timeout"
+        assert silent.server.lost is not None
 
     def test_a_pull_producer_streams_a_file(self) -> None:
         # Only ours: Twisted's layer turns pull producers into push ones with a
