@@ -1,0 +1,435 @@
+"""
+Mutation testing of the TLS core, with cosmic-ray.
+
+    .venv/bin/python -m tests.mutation                   # every module below, one after another
+    .venv/bin/python -m tests.mutation --module _engine  # one module (a name from MODULES)
+    .venv/bin/python -m tests.mutation --jobs 2          # two modules at a time
+    .venv/bin/python -m tests.mutation --report          # print the last results again
+
+Each mutant is one deliberate bug (a comparison flipped, a number moved by
+one, an ``and`` made ``or``, a state dropped from or added to a set...).
+The module's in-memory tests run against it; a mutant that no test fails
+("survived") is a behaviour nothing defends, unless it is equivalent (the
+program cannot tell), in which case it is explained in `EQUIVALENT` below.
+
+Why cosmic-ray rather than mutmut: mutmut 3 only mutates code inside
+functions, and what the audit behind issue #15 found undefended was mostly
+module level (the state table, the default timeouts, buffer sizes and the
+drain threshold).  cosmic-ray mutates the whole module and takes extra
+operators in process: `_membio_operators` adds two that remove or add one
+member of a set display, which is how the state table (and the engine's
+sets of states) are mutated; cosmic-ray's own operators have nothing for
+sets.
+
+How it runs: every module is mutated in a private copy of the checkout
+(under ``--workdir``, default ``/tmp/membio-mutation``), so the working tree
+and anything importing it are never touched; each mutant runs ``pytest -x``
+over `MODULES`' test files, in-memory tests only (``-m "not
+integration"``): tests that start twistd or openssl would not see the
+mutant, and cost minutes.  Mutations inside annotations are skipped, not
+counted (``from __future__ import annotations``: never evaluated).  Slow:
+run it in the background with ``nice`` (about 20-30 minutes per module on
+two cores).  The score is killed / (total - skipped); results stay in the
+work directory's ``*.sqlite`` sessions and ``*.report.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: Module to mutate -> the in-memory test files that defend it, fastest
+#: killers first (pytest -x stops at the first failure).  A later layout
+#: moves these files: only this table changes.
+MODULES: dict[str, tuple[str, ...]] = {
+    "membio_transport/_state.py": ("tests/test_state.py", "tests/test_engine.py"),
+    "membio_transport/_engine.py": (
+        "tests/test_state.py", "tests/test_engine.py", "tests/test_defaults.py",
+        "tests/test_reclaim.py", "tests/test_parity.py",
+    ),
+    "membio_transport/_record_io.py": ("tests/test_engine.py", "tests/test_reclaim.py"),
+    "membio_transport/_protocol.py": (
+        "tests/test_parity.py", "tests/test_server_policies.py", "tests/test_defaults.py",
+        "tests/test_reclaim.py", "tests/test_starttls.py",
+    ),
+}
+
+#: What the private copy needs: the package, its tests, the README the
+#: tests read, and the metadata pytest reads.
+_COPIED = ("membio_transport", "tests", "twisted", "pyproject.toml", "README.md")
+
+#: Survivors the program cannot tell from the original, each keyed by
+#: (module, the original line, the mutated line) with why.  The report
+#: counts them apart from unexplained survivors.
+EQUIVALENT: dict[tuple[str, str, str], str] = {}
+
+
+# ------------------------------------------------------------------ operators
+
+
+def _set_elements(node: Any) -> list[Any] | None:
+    """The elements of a set display ``{a, b}``, or None if C{node} is none."""
+    children = getattr(node, "children", None)
+    if node.type != "atom" or not children or len(children) != 3:
+        return None
+    first, inner, last = children
+    if getattr(first, "value", None) != "{" or getattr(last, "value", None) != "}":
+        return None
+    if inner.type == "dictorsetmaker":
+        if any(c.type in ("comp_for", "sync_comp_for") for c in inner.children) or any(
+            getattr(c, "value", None) in (":", "**") for c in inner.children
+        ):
+            return None
+        return [c for c in inner.children if getattr(c, "value", None) != ","]
+    return [inner]
+
+
+def _is_empty_frozenset(node: Any) -> bool:
+    children = getattr(node, "children", None)
+    return (
+        node.type == "atom_expr"
+        and children is not None
+        and len(children) == 2
+        and getattr(children[0], "value", None) == "frozenset"
+        and children[1].get_code() == "()"
+    )
+
+
+def _member(element: Any) -> tuple[str, str] | None:
+    """("_S", "OPEN") for an element written ``_S.OPEN``."""
+    text = element.get_code().strip()
+    prefix, dot, name = text.rpartition(".")
+    if dot and prefix.isidentifier() and name.isupper():
+        return prefix, name
+    return None
+
+
+def _parse_expression(code: str, like: Any) -> Any:
+    """An expression node for C{code}, with the whitespace before C{like}."""
+    import parso
+
+    node = parso.parse(code).children[0]
+    if node.type == "simple_stmt":
+        node = node.children[0]
+    node.get_first_leaf().prefix = like.get_first_leaf().prefix
+    return node
+
+
+def _membio_operators() -> dict[str, type]:
+    """Two operators cosmic-ray lacks: drop one member of a set, add one."""
+    from cosmic_ray.operators.operator import Example, Operator
+
+    class RemoveSetMember(Operator):  # type: ignore[misc]
+        """``{a, b, c}`` -> ``{a, c}`` (and ``{a}`` -> ``set()``)."""
+
+        def mutation_positions(self, node: Any) -> Iterator[tuple[Any, Any]]:
+            for _ in _set_elements(node) or ():
+                yield node.start_pos, node.end_pos
+
+        def mutate(self, node: Any, index: int) -> Any:
+            elements = _set_elements(node)
+            assert elements is not None
+            kept = [e.get_code().strip() for i, e in enumerate(elements) if i != index]
+            code = "{" + ", ".join(kept) + "}" if kept else "set()"
+            return _parse_expression(code, node)
+
+        @classmethod
+        def examples(cls) -> tuple[Any, ...]:
+            return (Example("x = {a.B, a.C}", "x = {a.C}"),)
+
+    class AddSetMember(Operator):  # type: ignore[misc]
+        """
+        ``{S.A, S.B}`` -> ``{S.A, S.B, S.C}`` for every other ``S.*`` member
+        the module names in its sets (an enum's states); ``frozenset()``
+        gains each of them in turn too.
+        """
+
+        def __init__(self) -> None:
+            self._known: dict[int, dict[str, list[str]]] = {}
+
+        def _members(self, node: Any) -> dict[str, list[str]]:
+            root = node.get_root_node()
+            known = self._known.get(id(root))
+            if known is None:
+                found: dict[str, set[str]] = {}
+                for candidate in _walk(root):
+                    for element in _set_elements(candidate) or ():
+                        member = _member(element)
+                        if member is not None:
+                            found.setdefault(member[0], set()).add(member[1])
+                known = self._known[id(root)] = {p: sorted(n) for p, n in found.items()}
+            return known
+
+        def _additions(self, node: Any) -> list[str]:
+            known = self._members(node)
+            if _is_empty_frozenset(node):
+                if len(known) != 1:
+                    return []
+                [(prefix, names)] = known.items()
+                return [f"{prefix}.{name}" for name in names]
+            elements = _set_elements(node)
+            if not elements:
+                return []
+            members = [_member(e) for e in elements]
+            prefixes = {m[0] for m in members if m is not None}
+            if None in members or len(prefixes) != 1:
+                return []
+            [prefix] = prefixes
+            present = {m[1] for m in members if m is not None}
+            return [f"{prefix}.{n}" for n in known.get(prefix, []) if n not in present]
+
+        def mutation_positions(self, node: Any) -> Iterator[tuple[Any, Any]]:
+            for _ in self._additions(node):
+                yield node.start_pos, node.end_pos
+
+        def mutate(self, node: Any, index: int) -> Any:
+            added = self._additions(node)[index]
+            if _is_empty_frozenset(node):
+                return _parse_expression(f"frozenset({{{added}}})", node)
+            elements = [e.get_code().strip() for e in _set_elements(node) or ()]
+            return _parse_expression("{" + ", ".join([*elements, added]) + "}", node)
+
+        @classmethod
+        def examples(cls) -> tuple[Any, ...]:
+            return (Example("x = {a.B}\ny = {a.C}", "x = {a.B, a.C}\ny = {a.C}"),)
+
+    return {"RemoveSetMember": RemoveSetMember, "AddSetMember": AddSetMember}
+
+
+def _walk(node: Any) -> Iterator[Any]:
+    yield node
+    for child in getattr(node, "children", ()):
+        yield from _walk(child)
+
+
+class _Provider:
+    def __init__(self) -> None:
+        self._operators = _membio_operators()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._operators)
+
+    def __getitem__(self, name: str) -> type:
+        return self._operators[name]
+
+
+def register_operators() -> None:
+    """Make ``membio/RemoveSetMember`` and ``membio/AddSetMember`` available in this process."""
+    import cosmic_ray.plugins
+
+    cosmic_ray.plugins.OPERATOR_PROVIDERS.setdefault("membio", _Provider())
+
+
+# ------------------------------------------------------------------ sessions
+
+
+def _in_annotation(source: str, start: tuple[int, int], end: tuple[int, int]) -> bool:
+    """Whether the span lies inside an annotation expression."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        spans: list[ast.expr | None] = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            arguments = node.args
+            spans.append(node.returns)
+            spans += [a.annotation for a in [*arguments.posonlyargs, *arguments.args,
+                                              *arguments.kwonlyargs, arguments.vararg,
+                                              arguments.kwarg] if a is not None]
+        elif isinstance(node, ast.AnnAssign):
+            spans.append(node.annotation)
+        for span in spans:
+            if span is None:
+                continue
+            first = (span.lineno, span.col_offset)
+            last = (span.end_lineno or span.lineno, span.end_col_offset or 0)
+            if first <= tuple(start) and tuple(end) <= last:
+                return True
+    return False
+
+
+def _copy_checkout(destination: Path) -> None:
+    if destination.exists():
+        shutil.rmtree(destination)
+    destination.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", "*.pyc", "dropin.cache")
+    for name in _COPIED:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, ignore=ignore)
+        else:
+            shutil.copy2(source, destination / name)
+
+
+def test_command(module: str) -> str:
+    tests = " ".join(MODULES[module])
+    return (
+        f"{sys.executable} -m pytest -x -q -p no:cacheprovider -m 'not integration' "
+        f"--hypothesis-seed=0 {tests}"
+    )
+
+
+def _baseline(copy: Path, module: str) -> float:
+    start = time.monotonic()
+    result = subprocess.run(
+        test_command(module), shell=True, cwd=copy, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"{module}: the unmutated tests fail:\n{result.stdout[-3000:]}")
+    return time.monotonic() - start
+
+
+def run_module(
+    module: str, workdir: Path, *, operators: str | None = None, limit: int | None = None
+) -> Path:
+    """Mutate C{module} in a private copy; return the session database."""
+    from cosmic_ray.commands import execute, init
+    from cosmic_ray.config import ConfigDict
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    register_operators()
+    name = Path(module).stem
+    copy = workdir / name
+    _copy_checkout(copy)
+    session = workdir / f"{name}.sqlite"
+    session.unlink(missing_ok=True)
+    baseline = _baseline(copy, module)
+    timeout = max(30.0, 4 * baseline)
+    print(f"{module}: baseline {baseline:.1f}s, timeout {timeout:.0f}s per mutant", flush=True)
+    previous = Path.cwd()
+    os.chdir(copy)  # cosmic-ray mutates paths relative to here: the copy
+    try:
+        source = Path(module).read_text()
+        with use_db(str(session), WorkDB.Mode.create) as db:
+            init([Path(module)], db, {})
+            skipped = 0
+            for position, item in enumerate(db.work_items):
+                mutation = item.mutations[0]
+                reason = None
+                if operators is not None and operators not in mutation.operator_name:
+                    reason = f"not selected (--operators {operators})"
+                elif limit is not None and position >= limit:
+                    reason = f"not selected (--limit {limit})"
+                elif _in_annotation(source, mutation.start_pos, mutation.end_pos):
+                    reason = "annotation: never evaluated (from __future__ import annotations)"
+                if reason is not None:
+                    skipped += 1
+                    db.set_result(
+                        item.job_id,
+                        WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output=reason),
+                    )
+            print(f"{module}: {db.num_work_items} mutants, {skipped} skipped", flush=True)
+            config = ConfigDict(
+                {
+                    "module-path": module,
+                    "timeout": timeout,
+                    "test-command": test_command(module),
+                    "distributor": {"name": "local"},
+                }
+            )
+            execute(db, config)
+    finally:
+        os.chdir(previous)
+    report = workdir / f"{name}.report.txt"
+    report.write_text(describe(module, session))
+    return session
+
+
+def describe(module: str, session: Path) -> str:
+    """The score and every survivor of one session, as text."""
+    from cosmic_ray.work_db import WorkDB, use_db
+
+    killed = survived_explained = 0
+    survivors: list[str] = []
+    skipped = incompetent = 0
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        for item, result in db.completed_work_items:
+            if result.worker_outcome.value == "skipped":
+                skipped += 1
+                continue
+            outcome = result.test_outcome.value if result.test_outcome else "none"
+            if outcome == "killed":
+                killed += 1
+                continue
+            if outcome == "incompetent" or result.worker_outcome.value != "normal":
+                incompetent += 1
+            mutation = item.mutations[0]
+            original, mutated = _changed_lines(result.diff or "")
+            why = EQUIVALENT.get((module, original, mutated))
+            if why is not None:
+                survived_explained += 1
+            survivors.append(
+                f"  {'EQUIVALENT' if why else outcome.upper()} line {mutation.start_pos[0]} "
+                f"{mutation.operator_name} in {mutation.definition_name or '<module>'}\n"
+                f"    - {original}\n    + {mutated}" + (f"\n    why: {why}" if why else "")
+            )
+        pending = db.num_work_items - db.num_results
+    total = killed + len(survivors)
+    score = 100.0 * killed / total if total else 0.0
+    lines = [
+        f"{module}: killed {killed}/{total} ({score:.1f}%); survived {len(survivors)} "
+        f"({survived_explained} explained as equivalent, {incompetent} incompetent); "
+        f"{skipped} skipped; {pending} pending"
+    ]
+    return "\n".join([*lines, *survivors]) + "\n"
+
+
+def _changed_lines(diff: str) -> tuple[str, str]:
+    minus = [line[1:].strip() for line in diff.splitlines()
+             if line.startswith("-") and not line.startswith("---")]
+    plus = [line[1:].strip() for line in diff.splitlines()
+            if line.startswith("+") and not line.startswith("+++")]
+    return " / ".join(minus), " / ".join(plus)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--module", action="append", help="a module name such as _engine")
+    parser.add_argument("--jobs", type=int, default=1, help="modules mutated at the same time")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/membio-mutation"))
+    parser.add_argument("--operators", help="only operators whose name contains this")
+    parser.add_argument("--limit", type=int, help="only the first N mutants (a smoke run)")
+    parser.add_argument("--report", action="store_true", help="print the last results only")
+    args = parser.parse_args(argv)
+    chosen = [
+        module for module in MODULES
+        if not args.module or Path(module).stem in args.module or module in args.module
+    ]
+    if not chosen:
+        parser.error(f"no such module; choose from {', '.join(Path(m).stem for m in MODULES)}")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    if not args.report and (args.jobs <= 1 or len(chosen) == 1):
+        for module in chosen:
+            run_module(module, args.workdir, operators=args.operators, limit=args.limit)
+    elif not args.report:
+        # One process per module: cosmic-ray works in the current directory.
+        def child(module: str) -> int:
+            command = [sys.executable, "-m", "tests.mutation", "--module", module,
+                       "--workdir", str(args.workdir)]
+            if args.operators:
+                command += ["--operators", args.operators]
+            if args.limit is not None:
+                command += ["--limit", str(args.limit)]
+            return subprocess.run(command, cwd=REPO, check=False).returncode
+
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            list(pool.map(child, chosen))
+    for module in chosen:
+        session = args.workdir / f"{Path(module).stem}.sqlite"
+        if session.exists():
+            print(describe(module, session), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
