@@ -357,13 +357,40 @@ class ParityTests:
         pair.flush()
         transport = pair.client.transport
         assert pair.client.lost is not None
+        received = bytes(pair.server.received)
+        sent: list[bytes] = []
+        pair.client_io.write = sent.append  # whatever reaches the real transport now
         transport.write(b"late")  # type: ignore[union-attr]
+        transport.writeSequence([b"later"])  # type: ignore[union-attr]
         transport.loseConnection()  # type: ignore[union-attr]
         if self.flavour == "membio":
             # Twisted's layer raises AttributeError here: its connection is None.
             transport.abortConnection()  # type: ignore[union-attr]
+            transport.loseWriteConnection()  # type: ignore[union-attr]
             assert transport.getPeerCertificate() is not None  # type: ignore[union-attr]
             assert transport.negotiatedProtocol is None  # type: ignore[union-attr]
+        pair.clock.advance(10)
+        pair.flush()
+        assert sent == [], "bytes went out after connectionLost"
+        assert bytes(pair.server.received) == received
+
+    def test_writes_after_an_abrupt_connection_lost_send_nothing(self) -> None:
+        """The transport went away mid-session (no TLS goodbye): late writes go nowhere."""
+        pair = connect(self.flavour)
+        pair.client.transport.write(b"before")  # type: ignore[union-attr]
+        pair.flush()
+        pair.server_io.loseConnection()  # the server's TCP connection drops
+        pair.pump.pump()
+        pair.flush()
+        assert pair.server.lost is not None
+        sent: list[bytes] = []
+        pair.server_io.write = sent.append
+        pair.server.transport.write(b"late")  # type: ignore[union-attr]
+        pair.server.transport.write(b"x" * 300_000)  # type: ignore[union-attr]
+        pair.clock.advance(10)
+        pair.flush()
+        assert sent == [], "bytes went out after connectionLost"
+        assert bytes(pair.client.received) == b""
 
     def test_untrusted_certificate_fails_with_an_openssl_error(self) -> None:
         untrusting = client_options(make_pki("rsa"))
