@@ -164,3 +164,21 @@ def test_the_bare_factory_applies_the_limits_it_is_given() -> None:
     assert not wire.disconnecting
     clock.advance(0.2)
     assert wire.disconnecting
+
+
+def test_membio_https_policies_off_unless_asked(tmp_path: Path, private_home: None) -> None:
+    """HSTS off, no connection cap, no idle timeout, reload polling every 5 s."""
+    from membio_transport._reload import DEFAULT_POLL_INTERVAL
+    from membio_transport._site import DEFAULT_HSTS_MAX_AGE
+
+    options = tap.Options()
+    options.parseOptions(["--port", "0", "--cert-dir", str(tmp_path / "certs")])
+    assert options["hsts_max_age"] is None
+    assert options["max_connections"] is None
+    assert options.connection_limit() is None
+    assert options["idle_timeout"] is None
+    assert options["reload_interval"] == DEFAULT_POLL_INTERVAL == 5.0
+    assert options["handshake_timeout"] == DEFAULT_HANDSHAKE_TIMEOUT
+    asked = tap.Options()
+    asked.parseOptions(["--port", "0", "--cert-dir", str(tmp_path / "certs"), "--hsts"])
+    assert asked["hsts_max_age"] == DEFAULT_HSTS_MAX_AGE == 63072000  # two years

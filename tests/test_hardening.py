@@ -429,6 +429,20 @@ def test_hsts_and_security_headers(main_server: MembioServer) -> None:
 
 
 @pytest.mark.integration
+def test_no_hsts_unless_asked_and_the_page_isolates_itself(modern_server: MembioServer) -> None:
+    """Started without ``--hsts``: no Strict-Transport-Security; COOP and CORP on the page."""
+    response = https_get(modern_server.port, client_context(modern_server.ca))
+    headers = response.headers
+    assert response.status == 200
+    assert "strict-transport-security" not in headers, headers
+    assert headers["cross-origin-opener-policy"] == "same-origin"
+    assert headers["cross-origin-resource-policy"] == "same-origin"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["server"] == "membio-https"
+    assert "Strict-Transport-Security" not in modern_server.log
+
+
+@pytest.mark.integration
 def test_html_page_style_matches_its_csp_hash(main_server: MembioServer) -> None:
     import base64
     import hashlib

@@ -42,7 +42,7 @@ from zope.interface import implementer
 from membio_transport import MemoryBIOTLSFactory
 from membio_transport._factory import DEFAULT_CLOSE_TIMEOUT
 
-from ._pki import PKI, make_pki
+from ._pki import LONG_CHAIN_DER_BYTES, PKI, make_pki
 
 FACTORIES = {"twisted": TLSMemoryBIOFactory, "membio": MemoryBIOTLSFactory}
 
@@ -481,6 +481,28 @@ class ParityTests:
         else:
             assert server.lost is None
 
+
+    def test_a_server_flight_over_32_kib_completes(self) -> None:
+        """
+        Deliberate difference (twisted#5095): with a ~100 KiB certificate
+        chain, Twisted's layer reads 32 KiB of the server's flight and
+        never the rest, so the handshake never completes; ours drains the
+        outgoing BIO to empty.
+        """
+        from membio_transport import ServerTLSOptions
+
+        pki = make_pki("ecdsa", chain_bytes=LONG_CHAIN_DER_BYTES)
+        # The whole chain (server_options() serves the leaf alone).
+        pair = connect(self.flavour, pki, server_creator=ServerTLSOptions(pki.server_context()))
+        pair.clock.advance(1)
+        pair.flush()
+        if self.flavour == "membio":
+            assert pair.client.handshakes == pair.server.handshakes == 1
+            pair.client.transport.write(b"through a long chain")  # type: ignore[union-attr]
+            pair.flush()
+            assert bytes(pair.server.received) == b"through a long chain"
+        else:
+            assert pair.client.handshakes == 0, "Twisted's layer completed (twisted#5095 fixed?)"
 
     def test_client_initiated_renegotiation(self) -> None:
         """
