@@ -53,6 +53,6 @@ def _split_row(line: str) -> list[str]:
     return [cell.replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", inner)]
 
 
-def tests_named(cell: str) -> list[str]:
+def named_tests(cell: str) -> list[str]:
     """The ``tests/test_x.py::name`` references in a table cell."""
-    return re.findall(r"`(tests/test_\w+\.py(?:::\w+)?)`", cell)
+    return re.findall(r"`(tests/test_\w+\.py(?:::\w+){0,2})`", cell)
