@@ -42,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -68,6 +69,13 @@ MODULES: dict[str, tuple[str, ...]] = {
 #: What the private copy needs: the package, its tests, the README the
 #: tests read, and the metadata pytest reads.
 _COPIED = ("membio_transport", "tests", "twisted", "pyproject.toml", "README.md")
+
+#: Why some mutants are not run (they are counted apart, not in the score).
+ANNOTATION = "annotation: never evaluated (from __future__ import annotations)"
+IDENTITY = (
+    "equivalent by construction: `is` -> `==` (`is not` -> `!=`); these modules compare "
+    "only enum members, None and types with `is`, for which equality is identity"
+)
 
 #: Survivors the program cannot tell from the original, each keyed by
 #: (module, the original line, the mutated line) with why.  The report
@@ -321,7 +329,9 @@ def run_module(
                 elif limit is not None and position >= limit:
                     reason = f"not selected (--limit {limit})"
                 elif _in_annotation(source, mutation.start_pos, mutation.end_pos):
-                    reason = "annotation: never evaluated (from __future__ import annotations)"
+                    reason = ANNOTATION
+                elif mutation.operator_name.endswith(("_Is_Eq", "_IsNot_NotEq")):
+                    reason = IDENTITY
                 if reason is not None:
                     skipped += 1
                     db.set_result(
@@ -345,6 +355,43 @@ def run_module(
     return session
 
 
+def retest_survivors(module: str, workdir: Path) -> Path:
+    """
+    Run the survivors of an earlier session again, against the tests as
+    they are now (after tests were added to kill them); killed ones are
+    recorded as killed.  Mutants killed before stay killed: tests are only
+    ever added for this.
+    """
+    from cosmic_ray.mutating import mutate_and_test
+    from cosmic_ray.work_db import WorkDB, use_db
+
+    register_operators()
+    name = Path(module).stem
+    session = workdir / f"{name}.sqlite"
+    copy = workdir / name
+    _copy_checkout(copy)
+    baseline = _baseline(copy, module)
+    timeout = max(30.0, 4 * baseline)
+    previous = Path.cwd()
+    os.chdir(copy)
+    try:
+        with use_db(str(session), WorkDB.Mode.open) as db:
+            again = [
+                item for item, result in db.completed_work_items
+                if result.worker_outcome.value != "skipped"
+                and (result.test_outcome is None or result.test_outcome.value != "killed")
+            ]
+            print(f"{module}: retesting {len(again)} survivors", flush=True)
+            for item in again:
+                db.set_result(
+                    item.job_id, mutate_and_test(item.mutations, test_command(module), timeout)
+                )
+    finally:
+        os.chdir(previous)
+    (workdir / f"{name}.report.txt").write_text(describe(module, session))
+    return session
+
+
 def describe(module: str, session: Path) -> str:
     """The score and every survivor of one session, as text."""
     from cosmic_ray.work_db import WorkDB, use_db
@@ -352,10 +399,12 @@ def describe(module: str, session: Path) -> str:
     killed = survived_explained = 0
     survivors: list[str] = []
     skipped = incompetent = 0
+    reasons: Counter[str] = Counter()
     with use_db(str(session), WorkDB.Mode.open) as db:
         for item, result in db.completed_work_items:
             if result.worker_outcome.value == "skipped":
                 skipped += 1
+                reasons[(result.output or "").split(":")[0]] += 1
                 continue
             outcome = result.test_outcome.value if result.test_outcome else "none"
             if outcome == "killed":
@@ -379,7 +428,8 @@ def describe(module: str, session: Path) -> str:
     lines = [
         f"{module}: killed {killed}/{total} ({score:.1f}%); survived {len(survivors)} "
         f"({survived_explained} explained as equivalent, {incompetent} incompetent); "
-        f"{skipped} skipped; {pending} pending"
+        f"{skipped} not run ({', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))}); "
+        f"{pending} pending"
     ]
     return "\n".join([*lines, *survivors]) + "\n"
 
@@ -400,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--operators", help="only operators whose name contains this")
     parser.add_argument("--limit", type=int, help="only the first N mutants (a smoke run)")
     parser.add_argument("--report", action="store_true", help="print the last results only")
+    parser.add_argument(
+        "--retest", action="store_true", help="run the last session's survivors again"
+    )
     args = parser.parse_args(argv)
     chosen = [
         module for module in MODULES
@@ -408,7 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     if not chosen:
         parser.error(f"no such module; choose from {', '.join(Path(m).stem for m in MODULES)}")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    if not args.report and (args.jobs <= 1 or len(chosen) == 1):
+    if args.retest:
+        for module in chosen:
+            retest_survivors(module, args.workdir)
+    elif not args.report and (args.jobs <= 1 or len(chosen) == 1):
         for module in chosen:
             run_module(module, args.workdir, operators=args.operators, limit=args.limit)
     elif not args.report:

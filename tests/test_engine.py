@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -692,3 +692,145 @@ def test_a_write_larger_than_one_ssl_write_goes_in_pieces_and_arrives_whole(
     client.engine.send(payload)
     pump(client, server)
     assert server.received == payload
+
+
+def test_no_ssl_write_is_longer_than_a_c_int(
+    pki: PKI, monkeypatch: pytest.MonkeyPatch, record_io_path: str
+) -> None:
+    """
+    ``MAX_WRITE`` is the largest length ``SSL_write`` takes (INT_MAX), and
+    no call is ever longer: writes beyond it go in pieces.
+    """
+    assert _record_io.MAX_WRITE == 2**31 - 1
+    monkeypatch.setattr(_record_io, "MAX_WRITE", 10_000)
+    client, server = open_pair(pki)
+    lengths: list[int] = []
+    if record_io_path == "direct":
+        real_write = _record_io._SSL_write
+
+        def recording_write(ssl: object, data: object, size: int) -> int:
+            lengths.append(size)
+            return int(real_write(ssl, data, size))
+
+        monkeypatch.setattr(_record_io, "_SSL_write", recording_write)
+    else:
+        connection = client.engine.connection
+        real_send = connection.send
+
+        def recording_send(data: bytes | memoryview) -> int:
+            lengths.append(len(data))
+            return real_send(data)
+
+        connection.send = recording_send  # type: ignore[method-assign]
+    payload = os.urandom(45_000)
+    client.engine.send(payload)
+    client.engine.send(os.urandom(10_000))  # exactly MAX_WRITE: one call
+    pump(client, server)
+    assert lengths and max(lengths) <= 10_000, lengths
+    assert len(lengths) >= 6
+    assert bytes(server.received[: len(payload)]) == payload
+
+
+def test_a_large_write_refused_midway_by_a_renegotiation_is_retried_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write that goes in pieces and meets a renegotiation: nothing lost or doubled."""
+    monkeypatch.setattr(_record_io, "MAX_WRITE", 4_000)
+    pki = make_pki("ecdsa")
+    client = Side(TLSEngine(_bare(pki, server=False), server_side=False))
+    server = _bare(pki, server=True)
+    got = bytearray()
+    _shuttle(client, server, got)
+    assert server.renegotiate()
+    with contextlib.suppress(SSL.WantReadError):
+        server.do_handshake()
+    client.engine.receive(server.bio_read(1 << 20))
+    client.drain_events()
+    payload = os.urandom(50_000)
+    client.engine.send(payload)
+    assert client.engine.buffered == len(payload), "held whole while renegotiating"
+    _shuttle(client, server, got)
+    assert bytes(got) == payload
+    assert client.engine.buffered == 0
+
+
+def test_the_public_drain_takes_a_burst_in_as_few_reads_as_it_can(pki: PKI) -> None:
+    """
+    Through pyOpenSSL's public API the BIO cannot say how much it holds: it is
+    read 256 KiB at a time, and a short read ends the drain (no extra read
+    just to be told it is empty).
+    """
+    client, server = engine_pair(pki, direct_io=False)
+    pump(client, server)
+    connection = client.engine.connection
+    real_read = connection.bio_read
+    sizes: list[int] = []
+
+    def counting_read(size: int) -> bytes:
+        sizes.append(0)  # a read that finds the BIO empty (it raises) counts too
+        data = real_read(size)
+        sizes[-1] = len(data)
+        return data
+
+    connection.bio_read = counting_read  # type: ignore[method-assign]
+    for burst, reads in ((200_000, 1), (600_000, 3)):
+        sizes.clear()
+        client.engine.send(os.urandom(burst))
+        out = client.engine.data_to_send()
+        assert len(sizes) == reads, sizes
+        assert sizes[:-1] == [256 * 1024] * (reads - 1) and sum(sizes) == len(out)
+        server.engine.receive(out)
+        server.drain_events()
+
+
+def test_consumed_records_are_not_read_for_again(pki: PKI, version: int) -> None:
+    """
+    The engine follows the records' framing: once every complete record that
+    arrived has been decrypted, it answers NEED_DATA without another
+    ``SSL_read`` (which would only say "want read").  However the stream is
+    cut, even inside record headers, there is exactly one read per record.
+    """
+    client, server = open_pair(pki, version)
+    messages = [os.urandom(n) for n in (1, 300, 5, 16384, 17000, 7, 2)]
+    reads = _reads_of(server)
+    expected = b""
+    for cut in (1_000_000, 1, 3, 5, 6, 7, 4096, 16389):
+        stream = b""
+        for message in messages:
+            client.engine.send(message)
+            stream += client.engine.data_to_send()
+        records = _count_records(stream)
+        assert records == len(messages) + 1  # 17000 bytes take two records
+        before = reads()
+        for start in range(0, len(stream), cut):
+            server.engine.receive(stream[start : start + cut])
+            server.drain_events()
+        assert reads() - before == records, f"cut every {cut} bytes"
+        expected += b"".join(messages)
+        assert bytes(server.received) == expected
+
+
+def _count_records(stream: bytes) -> int:
+    count = pos = 0
+    while pos < len(stream):
+        pos += 5 + int.from_bytes(stream[pos + 3 : pos + 5], "big")
+        count += 1
+    return count
+
+
+def _reads_of(side: Side) -> Callable[[], int]:
+    """Count the decrypting reads the engine makes from now on."""
+    engine = side.engine
+    io = engine._io
+    calls = [0]
+
+    class Counting:
+        def __getattr__(self, name: str) -> object:
+            return getattr(io, name)
+
+        def read(self) -> bytes | None:
+            calls[0] += 1
+            return io.read()
+
+    engine._io = Counting()  # type: ignore[assignment]
+    return lambda: calls[0]
