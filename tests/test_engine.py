@@ -382,10 +382,11 @@ def test_asking_a_failed_engine_for_events_is_a_state_error(pki: PKI) -> None:
         server.engine.send(b"x")
 
 
-def test_buffer_limit_must_be_positive(pki: PKI) -> None:
+@pytest.mark.parametrize("limit", [0, -1])
+def test_buffer_limit_must_be_positive(pki: PKI, limit: int) -> None:
     conn = SSL.Connection(pki.server_context(), None)
-    with pytest.raises(ValueError):
-        TLSEngine(conn, server_side=True, send_buffer_limit=0)
+    with pytest.raises(ValueError, match="send_buffer_limit must be positive"):
+        TLSEngine(conn, server_side=True, send_buffer_limit=limit)
 
 
 # -- renegotiation ---------------------------------------------------------------------
@@ -834,3 +835,100 @@ def _reads_of(side: Side) -> Callable[[], int]:
 
     engine._io = Counting()  # type: ignore[assignment]
     return lambda: calls[0]
+
+
+class _ShortWrites:
+    """
+    The engine's record I/O, except that the next writes take only as many
+    bytes as `allow` says (what OpenSSL does when a renegotiation starts
+    in the middle of a partial write): the rest must be offered again.
+    """
+
+    def __init__(self, io: object) -> None:
+        self._io = io
+        self.allow: list[int] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._io, name)
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self.allow:
+            taken = self.allow.pop(0)
+            return int(self._io.write(memoryview(data)[:taken])) if taken else 0  # type: ignore[attr-defined]
+        return int(self._io.write(data))  # type: ignore[attr-defined]
+
+
+def test_a_partly_taken_write_is_retried_from_where_it_stopped_and_in_order(pki: PKI) -> None:
+    client, server = open_pair(pki)
+    short = _ShortWrites(client.engine._io)
+    client.engine._io = short  # type: ignore[assignment]
+    a, b, c = os.urandom(5000), os.urandom(3000), os.urandom(2000)
+    short.allow = [1000]
+    client.engine.send(a)  # 1000 bytes taken, 4000 wait at the head
+    assert client.engine.buffered == 4000
+    client.engine.send(b)  # queued behind them
+    client.engine.send(c)
+    short.allow = [500, 200, 0]
+    assert client.engine.next_event() is Event.NEED_DATA  # retries: 500 more taken
+    assert client.engine.buffered == 3500 + len(b) + len(c)
+    assert client.engine.next_event() is Event.NEED_DATA  # 200 more
+    assert client.engine.next_event() is Event.NEED_DATA  # refused outright
+    assert client.engine.buffered == 3300 + len(b) + len(c)
+    assert client.engine.next_event() is Event.NEED_DATA  # everything goes
+    assert client.engine.buffered == 0
+    pump(client, server)
+    assert bytes(server.received) == a + b + c
+
+
+@pytest.mark.parametrize("writes", [2, 100])
+def test_writes_queued_during_the_handshake_leave_as_one_record(pki: PKI, writes: int) -> None:
+    client, server = engine_pair(pki, SSL.TLS1_3_VERSION)
+    for _ in range(writes):
+        client.engine.send(b"0123456789")
+    client.drain_events()
+    server.engine.receive(client.engine.data_to_send())
+    server.drain_events()
+    client.engine.receive(server.engine.data_to_send())
+    client.drain_events()
+    assert client.engine.state is TLSState.OPEN
+    # The client's last flight: its Finished, then the queued data in one record.
+    flight = client.engine.data_to_send()
+    types = _record_types(flight)
+    assert types.count(23) == 2, types
+    server.engine.receive(flight)
+    server.drain_events()
+    assert bytes(server.received) == b"0123456789" * writes
+
+
+def _record_types(stream: bytes) -> list[int]:
+    types, pos = [], 0
+    while pos < len(stream):
+        types.append(stream[pos])
+        pos += 5 + int.from_bytes(stream[pos + 3 : pos + 5], "big")
+    return types
+
+
+def test_a_verify_callback_that_rejects_gives_openssls_words_for_it(pki: PKI) -> None:
+    server_conn = SSL.Connection(pki.server_context(), None)
+    server_conn.set_accept_state()
+    context = pki.client_context()
+    context.set_verify(SSL.VERIFY_PEER, lambda *args: False)
+    client_conn = SSL.Connection(context, None)
+    client_conn.set_connect_state()
+    client = Side(TLSEngine(client_conn, server_side=False))
+    server = Side(TLSEngine(server_conn, server_side=True))
+    with pytest.raises(TLSHandshakeError) as info:
+        pump(client, server)
+    assert info.value.reason == (
+        "certificate verify failed: unspecified certificate verification error"
+    )
+
+
+def test_abort_after_our_close_notify_abandons_the_session(pki: PKI) -> None:
+    client, _server = open_pair(pki)
+    client.engine.close()
+    assert client.engine.state is TLSState.LOCAL_CLOSED
+    client.engine.abort()
+    assert client.engine.state is TLSState.CLOSED
+    client.engine.receive(b"anything")  # nothing more is read
+    assert client.engine.next_event() is Event.NEED_DATA
