@@ -278,18 +278,19 @@ def _copy_checkout(destination: Path) -> None:
             shutil.copy2(source, destination / name)
 
 
-def test_command(module: str) -> str:
-    tests = " ".join(MODULES[module])
+def test_command(module: str, only: tuple[str, ...] | None = None) -> str:
+    tests = " ".join(only or MODULES[module])
     return (
         f"{sys.executable} -m pytest -x -q -p no:cacheprovider -m 'not integration' "
         f"--hypothesis-seed=0 {tests}"
     )
 
 
-def _baseline(copy: Path, module: str) -> float:
+def _baseline(copy: Path, module: str, only: tuple[str, ...] | None = None) -> float:
     start = time.monotonic()
     result = subprocess.run(
-        test_command(module), shell=True, cwd=copy, capture_output=True, text=True, check=False
+        test_command(module, only), shell=True, cwd=copy, capture_output=True, text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise SystemExit(f"{module}: the unmutated tests fail:\n{result.stdout[-3000:]}")
@@ -297,9 +298,20 @@ def _baseline(copy: Path, module: str) -> float:
 
 
 def run_module(
-    module: str, workdir: Path, *, operators: str | None = None, limit: int | None = None
+    module: str,
+    workdir: Path,
+    *,
+    operators: str | None = None,
+    limit: int | None = None,
+    resume: bool = False,
+    only: tuple[str, ...] | None = None,
 ) -> Path:
-    """Mutate C{module} in a private copy; return the session database."""
+    """
+    Mutate C{module} in a private copy; return the session database.  With
+    C{resume}, go on with the mutants an interrupted session has not run
+    (against the tests as they are now).  C{only} runs these test files
+    instead of the module's own list (a quick smoke of the harness).
+    """
     from cosmic_ray.commands import execute, init
     from cosmic_ray.config import ConfigDict
     from cosmic_ray.work_db import WorkDB, use_db
@@ -310,8 +322,9 @@ def run_module(
     copy = workdir / name
     _copy_checkout(copy)
     session = workdir / f"{name}.sqlite"
-    session.unlink(missing_ok=True)
-    baseline = _baseline(copy, module)
+    if not resume:
+        session.unlink(missing_ok=True)
+    baseline = _baseline(copy, module, only)
     timeout = max(30.0, 4 * baseline)
     print(f"{module}: baseline {baseline:.1f}s, timeout {timeout:.0f}s per mutant", flush=True)
     previous = Path.cwd()
@@ -319,19 +332,25 @@ def run_module(
     try:
         source = Path(module).read_text()
         with use_db(str(session), WorkDB.Mode.create) as db:
-            init([Path(module)], db, {})
-            skipped = 0
-            for position, item in enumerate(db.work_items):
+            if not resume:
+                init([Path(module)], db, {})
+            skipped = selected = 0
+            pending = {item.job_id for item in db.pending_work_items}
+            for item in db.work_items:
+                if item.job_id not in pending:
+                    continue
                 mutation = item.mutations[0]
                 reason = None
                 if operators is not None and operators not in mutation.operator_name:
                     reason = f"not selected (--operators {operators})"
-                elif limit is not None and position >= limit:
-                    reason = f"not selected (--limit {limit})"
                 elif _in_annotation(source, mutation.start_pos, mutation.end_pos):
                     reason = ANNOTATION
                 elif mutation.operator_name.endswith(("_Is_Eq", "_IsNot_NotEq")):
                     reason = IDENTITY
+                elif limit is not None and selected >= limit:
+                    reason = f"not selected (--limit {limit})"
+                else:
+                    selected += 1
                 if reason is not None:
                     skipped += 1
                     db.set_result(
@@ -343,7 +362,7 @@ def run_module(
                 {
                     "module-path": module,
                     "timeout": timeout,
-                    "test-command": test_command(module),
+                    "test-command": test_command(module, only),
                     "distributor": {"name": "local"},
                 }
             )
@@ -453,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--retest", action="store_true", help="run the last session's survivors again"
     )
+    parser.add_argument(
+        "--resume", action="store_true", help="go on with an interrupted session's mutants"
+    )
     args = parser.parse_args(argv)
     chosen = [
         module for module in MODULES
@@ -466,7 +488,10 @@ def main(argv: list[str] | None = None) -> int:
             retest_survivors(module, args.workdir)
     elif not args.report and (args.jobs <= 1 or len(chosen) == 1):
         for module in chosen:
-            run_module(module, args.workdir, operators=args.operators, limit=args.limit)
+            run_module(
+                module, args.workdir, operators=args.operators, limit=args.limit,
+                resume=args.resume,
+            )
     elif not args.report:
         # One process per module: cosmic-ray works in the current directory.
         def child(module: str) -> int:
@@ -476,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
                 command += ["--operators", args.operators]
             if args.limit is not None:
                 command += ["--limit", str(args.limit)]
+            if args.resume:
+                command.append("--resume")
             return subprocess.run(command, cwd=REPO, check=False).returncode
 
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
