@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -61,8 +63,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     ),
     "membio_transport/_record_io.py": ("tests/test_engine.py", "tests/test_reclaim.py"),
     "membio_transport/_protocol.py": (
-        "tests/test_parity.py", "tests/test_server_policies.py", "tests/test_defaults.py",
-        "tests/test_reclaim.py", "tests/test_starttls.py",
+        "tests/test_parity.py", "tests/test_transport.py", "tests/test_server_policies.py",
+        "tests/test_defaults.py", "tests/test_reclaim.py", "tests/test_starttls.py",
     ),
 }
 
@@ -278,12 +280,124 @@ def _copy_checkout(destination: Path) -> None:
             shutil.copy2(source, destination / name)
 
 
-def test_command(module: str, only: tuple[str, ...] | None = None) -> str:
+PYTEST_ARGS = ("-x", "-q", "-p", "no:cacheprovider", "-m", "not integration",
+               "--hypothesis-seed=0")
+
+
+def test_command(
+    module: str, only: tuple[str, ...] | None = None, runner: Path | None = None
+) -> str:
+    """
+    The command cosmic-ray runs per mutant: pytest over the module's test
+    files, through the warm runner at C{runner} when there is one.
+    """
     tests = " ".join(only or MODULES[module])
-    return (
-        f"{sys.executable} -m pytest -x -q -p no:cacheprovider -m 'not integration' "
-        f"--hypothesis-seed=0 {tests}"
+    pytest_args = " ".join(shlex.quote(arg) for arg in PYTEST_ARGS)
+    if runner is None:
+        return f"{sys.executable} -m pytest {pytest_args} {tests}"
+    return f"{sys.executable} -m tests.mutation --run-tests {runner} -- {pytest_args} {tests}"
+
+
+# ------------------------------------------------------------------ warm runner
+#
+# Most of a mutant's test run is Python importing Twisted, pyOpenSSL,
+# cryptography, Hypothesis and pytest.  The runner imports them once, then
+# forks a child per mutant that runs pytest in the mutant's directory: the
+# package under test is imported fresh in every child, never in the runner.
+
+#: Imported once by the runner.  Nothing of membio_transport or tests.
+_WARM = (
+    "pytest", "hypothesis", "pytest_twisted", "OpenSSL.SSL", "service_identity",
+    "cryptography.x509", "cryptography.hazmat.primitives.asymmetric.ec",
+    "cryptography.hazmat.primitives.asymmetric.rsa", "twisted.internet.defer",
+    "twisted.internet.protocol", "twisted.internet.ssl", "twisted.internet.task",
+    "twisted.internet.testing", "twisted.protocols.tls", "twisted.test.iosim",
+    "twisted.trial.unittest", "twisted.web.server", "twisted.logger", "parso",
+)
+
+
+def serve(path: Path) -> None:
+    """Answer `run_tests` requests on the UNIX socket C{path} until killed."""
+    import importlib
+    import json
+    import select
+    import signal
+    import socket
+
+    for name in _WARM:
+        importlib.import_module(name)
+    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(1)
+    while True:
+        conn, _ = listener.accept()
+        request = json.loads(conn.makefile("r").readline())
+        pid = os.fork()
+        if pid == 0:
+            listener.close()
+            conn.close()
+            os.setsid()
+            os.chdir(request["cwd"])
+            sys.path.insert(0, request["cwd"])
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            import pytest
+
+            os._exit(int(pytest.main(request["args"])))
+        status = None
+        while status is None:
+            done, code = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = os.waitstatus_to_exitcode(code)
+                break
+            readable, _, _ = select.select([conn], [], [], 0.05)
+            if readable and not conn.recv(1):
+                # The client was killed (cosmic-ray's timeout): so is the run.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                status = -9
+        with contextlib.suppress(OSError):
+            conn.sendall(f"{status}\n".encode())
+        conn.close()
+
+
+@contextlib.contextmanager
+def warm_runner(copy: Path) -> Iterator[Path]:
+    """A warm runner for the checkout copy C{copy}, stopped on leaving."""
+    path = copy.parent / f".{copy.name}.runner"
+    path.unlink(missing_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.mutation", "--serve", str(path)], cwd=copy
     )
+    try:
+        deadline = time.monotonic() + 60
+        while not path.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the warm runner for {copy} did not start")
+            time.sleep(0.1)
+        yield path
+    finally:
+        process.kill()
+        process.wait()
+        path.unlink(missing_ok=True)
+
+
+def run_tests(runner: Path, args: list[str]) -> int:
+    """Have the warm runner run pytest with C{args} here; its exit status."""
+    import json
+    import socket
+
+    try:
+        conn = socket.socket(socket.AF_UNIX)
+        conn.connect(str(runner))
+    except OSError:
+        return subprocess.run([sys.executable, "-m", "pytest", *args], check=False).returncode
+    conn.sendall((json.dumps({"cwd": os.getcwd(), "args": args}) + "\n").encode())
+    answer = conn.makefile("r").readline().strip()
+    return int(answer) if answer.lstrip("-").isdigit() else 1
 
 
 def _baseline(copy: Path, module: str, only: tuple[str, ...] | None = None) -> float:
@@ -331,7 +445,7 @@ def run_module(
     os.chdir(copy)  # cosmic-ray mutates paths relative to here: the copy
     try:
         source = Path(module).read_text()
-        with use_db(str(session), WorkDB.Mode.create) as db:
+        with warm_runner(copy) as runner, use_db(str(session), WorkDB.Mode.create) as db:
             if not resume:
                 init([Path(module)], db, {})
             skipped = selected = 0
@@ -362,7 +476,7 @@ def run_module(
                 {
                     "module-path": module,
                     "timeout": timeout,
-                    "test-command": test_command(module, only),
+                    "test-command": test_command(module, only, runner),
                     "distributor": {"name": "local"},
                 }
             )
@@ -383,6 +497,7 @@ def retest_survivors(module: str, workdir: Path) -> Path:
     """
     from cosmic_ray.mutating import mutate_and_test
     from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
     register_operators()
     name = Path(module).stem
@@ -394,7 +509,7 @@ def retest_survivors(module: str, workdir: Path) -> Path:
     previous = Path.cwd()
     os.chdir(copy)
     try:
-        with use_db(str(session), WorkDB.Mode.open) as db:
+        with warm_runner(copy) as runner, use_db(str(session), WorkDB.Mode.open) as db:
             again = [
                 item for item, result in db.completed_work_items
                 if result.worker_outcome.value != "skipped"
@@ -402,9 +517,13 @@ def retest_survivors(module: str, workdir: Path) -> Path:
             ]
             print(f"{module}: retesting {len(again)} survivors", flush=True)
             for item in again:
-                db.set_result(
-                    item.job_id, mutate_and_test(item.mutations, test_command(module), timeout)
-                )
+                if item.mutations[0].operator_name.endswith(("_Is_Eq", "_IsNot_NotEq")):
+                    result = WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output=IDENTITY)
+                else:
+                    result = mutate_and_test(
+                        item.mutations, test_command(module, runner=runner), timeout
+                    )
+                db.set_result(item.job_id, result)
     finally:
         os.chdir(previous)
     (workdir / f"{name}.report.txt").write_text(describe(module, session))
@@ -462,6 +581,12 @@ def _changed_lines(diff: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve"]:
+        serve(Path(argv[1]))
+        return 0
+    if argv[:1] == ["--run-tests"]:
+        return run_tests(Path(argv[1]), argv[3:] if argv[2:3] == ["--"] else argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--module", action="append", help="a module name such as _engine")
     parser.add_argument("--jobs", type=int, default=1, help="modules mutated at the same time")
