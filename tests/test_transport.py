@@ -252,7 +252,7 @@ def test_a_peer_that_leaves_without_a_byte_is_counted_but_not_logged() -> None:
         clock = Clock()
         factory = MemoryBIOTLSFactory(
             server_options(PKI), False, protocol.Factory.forProtocol(App), clock,
-            handshake_timeout=None,
+            handshake_timeout=None, plain_http="explain",  # sniffing sees the silence
         )
         quiet = factory.buildProtocol(None)
         quiet.makeConnection(StringTransport())
