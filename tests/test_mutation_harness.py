@@ -79,7 +79,7 @@ def test_a_small_session_kills_state_table_mutants(tmp_path: Path) -> None:
         only=("tests/test_state.py",),
     )
     report = mutation.describe("membio_transport/_state.py", session)
-    assert report.startswith("membio_transport/_state.py: killed 2/2 (100.0%)"), report
+    assert report.startswith("membio_transport/_state.py: killed 2/2 (100.0%;"), report
 
 
 @pytest.fixture(autouse=True)
