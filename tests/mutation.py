@@ -152,6 +152,24 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
      + _PERF),
     (_PRO, "if len(out) >= BURST_SIZE:", "if len(out) > BURST_SIZE:",
      "the edge of a heuristic: exactly 16 KiB of ciphertext in one write is not watched"),
+    (_PRO, 'batch[0] if len(batch) == 1 else b"".join(batch)', "if len(batch) < 1 else",
+     "joining a batch of one gives the same bytes"),
+    (_PRO, 'batch[0] if len(batch) == 1 else b"".join(batch)', "if len(batch) == 0 else",
+     "joining a batch of one gives the same bytes"),
+    (_PRO, 'if kind is Preamble.HTTP and policy != "close":', 'policy > "close":',
+     "the other policies, explain and redirect, both sort after close"),
+    (_PRO, "self._batch_size = 0", "self._batch_size = -1",
+     "the batch's size only decides when it is encrypted, at 16 KiB, not what is sent: "
+     + _PERF),
+    (_PRO, "self._batch_size = 0", "self._batch_size = 1",
+     "the batch's size only decides when it is encrypted, at 16 KiB, not what is sent: "
+     + _PERF),
+    (_PRO, "self._last_activity = 0.0", "self._last_activity = 1.0",
+     "set again when the idle timer starts, before it is ever read"),
+    (_PRO, "if self.disconnecting or not self.connected:",
+     "if self.disconnecting and not self.connected:",
+     "a second loseConnection finds close_notify sent and the close timer running: "
+     "closing again does nothing"),
 ]
 
 

@@ -269,3 +269,140 @@ def test_a_peer_that_leaves_without_a_byte_is_counted_but_not_logged() -> None:
         assert [line for line in lines if "TLS handshake failed" in line]
     finally:
         globalLogPublisher.removeObserver(observe)
+
+
+# -- producers ------------------------------------------------------------------------------
+
+
+def test_lose_connection_with_a_producer_registered_lets_it_finish_first() -> None:
+    """Twisted's rule (twisted.web relies on it): close once the producer unregisters."""
+    from .test_parity import Recorder
+
+    pair = connect("membio", PKI)
+    transport: Any = pair.server.transport
+    producer = Recorder()
+    transport.registerProducer(producer, True)
+    transport.loseConnection()
+    transport.write(b"the rest of the response")
+    pair.flush()
+    assert bytes(pair.client.received) == b"the rest of the response"
+    assert pair.client.lost is None, "closed while the producer still had work"
+    transport.unregisterProducer()
+    assert pair.server_io.producer is None
+    pair.flush()
+    assert pair.client.lost is not None and pair.client.lost.check(ConnectionDone)
+
+
+def test_a_producer_registered_after_close_notify_is_stopped_at_once() -> None:
+    from .test_parity import Recorder
+
+    pair = connect("membio", PKI)
+    pair.pump.clientIO.protocol = _BlackHole()  # type: ignore[attr-defined]
+    transport: Any = pair.server.transport
+    transport.loseConnection()
+    pair.flush()  # our close_notify went out; the peer has not answered
+    producer = Recorder()
+    transport.registerProducer(producer, True)
+    assert producer.calls == ["stop"]
+
+
+def test_a_producer_paused_for_held_back_writes_resumes_once_they_go() -> None:
+    """
+    Writes OpenSSL refuses (a renegotiation under way) wait in the engine;
+    past the buffer limit the producer is paused, and reading that lets them
+    go resumes it.
+    """
+    from .test_engine import _ShortWrites
+    from .test_parity import Recorder
+
+    pair = connect("membio", PKI, send_buffer_limit=1000)
+    engine = pair.client_tls._engine
+    short = _ShortWrites(engine._io)
+    engine._io = short
+    producer = Recorder()
+    pair.client.transport.registerProducer(producer, True)  # type: ignore[union-attr]
+    short.allow = [0]  # the next write is refused outright
+    pair.client.transport.write(b"x" * 20_000)  # type: ignore[union-attr]
+    assert producer.calls == ["pause"]
+    pair.server.transport.write(b"ping")  # type: ignore[union-attr]  # the client reads
+    pair.flush()
+    assert producer.calls == ["pause", "resume"]
+    assert bytes(pair.server.received) == b"x" * 20_000
+    pair.client.transport.unregisterProducer()  # type: ignore[union-attr]
+
+
+def test_resuming_inside_a_pull_producers_burst_delivers_what_waits() -> None:
+    pair = connect("membio", PKI)
+    server: Any = pair.server
+
+    def pause_after_first(app: App, data: bytes) -> None:
+        if len(app.chunks) == 1:
+            app.transport.pauseProducing()  # type: ignore[union-attr]
+
+    server.on_data = pause_after_first
+    pair.client.transport.write(b"a" * 20_000)  # type: ignore[union-attr]  # two records
+    pair.flush()
+    assert len(server.received) == 16384
+
+    @implementer(IPullProducer)
+    class Resumer:
+        def resumeProducing(self) -> None:
+            server.transport.resumeProducing()
+
+        def stopProducing(self) -> None:
+            pass
+
+    server.transport.registerProducer(Resumer(), False)
+    assert len(server.received) == 20_000, "the waiting record was not delivered"
+    server.transport.unregisterProducer()
+
+
+# -- failures and edges ---------------------------------------------------------------------
+
+
+def test_an_openssl_error_on_write_ends_the_connection_with_it() -> None:
+    from OpenSSL import SSL
+
+    pair = connect("membio", PKI)
+    engine = pair.client_tls._engine
+
+    class Broken:
+        def __getattr__(self, name: str) -> object:
+            return getattr(engine_io, name)
+
+        def write(self, data: object) -> int:
+            raise SSL.Error([("SSL routines", "", "bad write retry")])
+
+    engine_io = engine._io
+    engine._io = Broken()
+    pair.client.transport.write(b"x" * 20_000)  # type: ignore[union-attr]
+    pair.flush()
+    assert pair.client_io.disconnecting
+    pair.client_tls.connectionLost(Failure(ConnectionDone()))
+    assert pair.client.lost is not None and pair.client.lost.check(SSL.Error)
+    assert "bad write retry" in str(pair.client.lost.value)
+
+
+def test_lose_write_connection_half_closes_the_transport_after_close_notify() -> None:
+    pair = connect("membio", PKI)
+    recorder = _HalfCloseRecorder()
+    pair.client_tls.transport = recorder
+    pair.client.transport.loseWriteConnection()  # type: ignore[union-attr]
+    assert recorder.write_closed == 1
+    assert recorder.value()[:1] == b"\x17", "close_notify (an encrypted alert) first"
+
+
+def test_plain_http_over_a_unix_socket_names_the_default_https_port_implicitly() -> None:
+    from twisted.internet.address import UNIXAddress
+
+    factory = MemoryBIOTLSFactory(
+        server_options(PKI), False, protocol.Factory.forProtocol(App), Clock(),
+        handshake_timeout=None, plain_http="explain",
+    )
+    tls = factory.buildProtocol(None)
+    transport = StringTransport(hostAddress=UNIXAddress(b"/run/tls.sock"))
+    tls.makeConnection(transport)
+    tls.dataReceived(b"GET /page HTTP/1.0\r\n\r\n")
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert b"https://localhost/page" in answer, answer
