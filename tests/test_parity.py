@@ -360,6 +360,8 @@ class ParityTests:
         received = bytes(pair.server.received)
         sent: list[bytes] = []
         pair.client_io.write = sent.append  # whatever reaches the real transport now
+        aborted: list[bool] = []
+        pair.client_io.abortConnection = lambda: aborted.append(True)
         transport.write(b"late")  # type: ignore[union-attr]
         transport.writeSequence([b"later"])  # type: ignore[union-attr]
         transport.loseConnection()  # type: ignore[union-attr]
@@ -369,9 +371,13 @@ class ParityTests:
             transport.loseWriteConnection()  # type: ignore[union-attr]
             assert transport.getPeerCertificate() is not None  # type: ignore[union-attr]
             assert transport.negotiatedProtocol is None  # type: ignore[union-attr]
+        assert [call for call in pair.clock.getDelayedCalls() if call.active()] == [], (
+            "a late call scheduled work"
+        )
         pair.clock.advance(10)
         pair.flush()
         assert sent == [], "bytes went out after connectionLost"
+        assert aborted == [], "the dead transport was touched"
         assert bytes(pair.server.received) == received
 
     def test_writes_after_an_abrupt_connection_lost_send_nothing(self) -> None:

@@ -321,13 +321,17 @@ def test_a_producer_paused_for_held_back_writes_resumes_once_they_go() -> None:
     engine._io = short
     producer = Recorder()
     pair.client.transport.registerProducer(producer, True)  # type: ignore[union-attr]
-    short.allow = [0]  # the next write is refused outright
-    pair.client.transport.write(b"x" * 20_000)  # type: ignore[union-attr]
+    short.allow = [0, 0]  # the next write is refused, and its first retry too
+    pair.client.transport.write(b"x" * 1000)  # type: ignore[union-attr]  # exactly the limit
+    pair.clock.advance(0)  # the batch is encrypted on the next turn: refused
     assert producer.calls == ["pause"]
     pair.server.transport.write(b"ping")  # type: ignore[union-attr]  # the client reads
     pair.flush()
+    assert producer.calls == ["pause"], "resumed while the buffer was still full"
+    pair.server.transport.write(b"ping")  # type: ignore[union-attr]  # now the write goes
+    pair.flush()
     assert producer.calls == ["pause", "resume"]
-    assert bytes(pair.server.received) == b"x" * 20_000
+    assert bytes(pair.server.received) == b"x" * 1000
     pair.client.transport.unregisterProducer()  # type: ignore[union-attr]
 
 
@@ -406,3 +410,228 @@ def test_plain_http_over_a_unix_socket_names_the_default_https_port_implicitly()
     answer = transport.value()
     assert answer.startswith(b"HTTP/1.1 400"), answer
     assert b"https://localhost/page" in answer, answer
+
+
+# -- what the application sees ----------------------------------------------------------
+
+
+def test_bytearrays_and_memoryviews_are_accepted_and_text_is_refused() -> None:
+    import pytest
+
+    pair = connect("membio", PKI)
+    transport: Any = pair.client.transport
+    transport.write(bytearray(b"from a bytearray, "))
+    transport.write(memoryview(b"from a memoryview"))
+    pair.flush()
+    assert bytes(pair.server.received) == b"from a bytearray, from a memoryview"
+    with pytest.raises(TypeError, match="Data must be bytes, not str"):
+        transport.write("text")
+
+
+def test_two_small_writes_outside_a_callback_both_leave() -> None:
+    pair = connect("membio", PKI)
+    pair.client.transport.write(b"one ")  # type: ignore[union-attr]
+    pair.client.transport.write(b"two")  # type: ignore[union-attr]
+    pair.flush()
+    assert bytes(pair.server.received) == b"one two"
+
+
+def test_a_large_write_inside_a_callback_schedules_no_reactor_call() -> None:
+    pair = connect("membio", PKI)
+    scheduled: list[int] = []
+
+    def answer(app: App, data: bytes) -> None:
+        before = len(pair.clock.getDelayedCalls())
+        app.transport.write(os.urandom(40_000))  # type: ignore[union-attr]
+        scheduled.append(len(pair.clock.getDelayedCalls()) - before)
+
+    pair.server.on_data = answer
+    pair.client.transport.write(b"go")  # type: ignore[union-attr]
+    pair.flush()
+    assert scheduled == [0]
+    assert len(pair.client.received) == 40_000
+
+
+class _StrictClock(Clock):
+    """A fake clock that refuses what the real reactor refuses."""
+
+    def callLater(self, delay: float, *args: Any, **kw: Any) -> Any:
+        assert delay >= 0, f"{delay} is not greater than or equal to 0 seconds"
+        return super().callLater(delay, *args, **kw)
+
+
+def test_flushes_are_scheduled_for_the_next_turn_as_the_reactor_allows() -> None:
+    clock = _StrictClock()
+    app = App()
+    factory = MemoryBIOTLSFactory(
+        server_options(PKI), False, protocol.Factory.forProtocol(lambda: app), clock,
+        handshake_timeout=None,
+    )
+    tls = factory.buildProtocol(None)
+    tls.makeConnection(StringTransport())
+    app.transport.write(b"early")  # type: ignore[union-attr]  # from outside any callback
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [0.0]
+
+
+def test_close_and_abort_tell_the_application_it_is_disconnecting() -> None:
+    for close in ("loseConnection", "abortConnection"):
+        pair = connect("membio", PKI)
+        pair.pump.clientIO.protocol = _BlackHole()  # type: ignore[attr-defined]
+        transport: Any = pair.server.transport
+        getattr(transport, close)()
+        assert transport.disconnecting, close
+
+
+def test_plain_http_with_the_close_policy_gets_no_answer() -> None:
+    factory = MemoryBIOTLSFactory(
+        server_options(PKI), False, protocol.Factory.forProtocol(App), Clock(),
+        handshake_timeout=None, plain_http="close",
+    )
+    tls = factory.buildProtocol(None)
+    transport = StringTransport()
+    tls.makeConnection(transport)
+    tls.dataReceived(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+    assert transport.value() == b""
+    assert transport.disconnecting and tls.disconnecting
+
+
+def test_a_corrupted_record_makes_the_transport_disconnecting_at_once() -> None:
+    pair = connect("membio", PKI)
+    seen: list[bool] = []
+    pair.server.connectionLost = lambda reason=None: seen.append(  # type: ignore[method-assign]
+        pair.server.transport.disconnecting  # type: ignore[union-attr]
+    )
+    pair.server_tls.dataReceived(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # not decryptable
+    assert pair.server_tls.disconnecting
+    assert pair.server_io.disconnecting
+
+
+def test_lose_connection_during_the_handshake_sends_what_waits_then_closes() -> None:
+    client = App()
+
+    def made() -> None:
+        client.transport.write(b"request")  # type: ignore[union-attr]
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        client.transport.write(b" and more")  # type: ignore[union-attr]  # dropped, as in Twisted
+
+    client.connectionMade = made  # type: ignore[method-assign]
+    pair = connect("membio", PKI, client_app=client)
+    assert bytes(pair.server.received) == b"request"
+    assert pair.server.lost is not None and pair.server.lost.check(ConnectionDone)
+    assert pair.client.lost is not None and pair.client.lost.check(ConnectionDone)
+
+
+def test_lose_connection_during_the_handshake_with_nothing_to_send_closes_at_once() -> None:
+    clock = Clock()
+    app = App()
+    factory = MemoryBIOTLSFactory(
+        server_options(PKI), False, protocol.Factory.forProtocol(lambda: app), clock,
+        handshake_timeout=None,
+    )
+    tls = factory.buildProtocol(None)
+    transport = StringTransport()
+    tls.makeConnection(transport)
+    app.transport.loseConnection()  # type: ignore[union-attr]
+    assert transport.disconnecting
+
+
+def test_the_end_of_the_transports_write_side_reaches_a_half_closeable_application() -> None:
+    from .test_parity import HalfCloseApp
+
+    class Recording(HalfCloseApp):
+        write_lost = False
+
+        def writeConnectionLost(self) -> None:
+            self.write_lost = True
+
+    server = Recording()
+    pair = connect("membio", PKI, server_app=server)
+    pair.server_tls.writeConnectionLost()
+    assert server.write_lost
+    plain = connect("membio", PKI)
+    plain.server_tls.writeConnectionLost()  # an ordinary protocol is not bothered
+    assert plain.server.lost is None
+
+
+def test_a_producer_registered_over_a_full_buffer_is_paused_at_once() -> None:
+    from .test_parity import Recorder
+
+    producer = Recorder()
+    client = App()
+    at_registration: list[str] = []
+
+    def made() -> None:
+        client.transport.write(b"x" * 20_000)  # type: ignore[union-attr]  # waits for the handshake
+        client.transport.registerProducer(producer, True)  # type: ignore[union-attr]
+        at_registration.extend(producer.calls)
+
+    client.connectionMade = made  # type: ignore[method-assign]
+    pair = connect("membio", PKI, client_app=client, send_buffer_limit=1000)
+    assert at_registration == ["pause"]
+    assert producer.calls == ["pause", "resume"]
+    assert bytes(pair.server.received) == b"x" * 20_000
+
+
+def test_unregistering_a_producer_does_not_close_the_connection() -> None:
+    from .test_parity import Recorder
+
+    pair = connect("membio", PKI)
+    transport: Any = pair.server.transport
+    transport.registerProducer(Recorder(), True)
+    transport.unregisterProducer()
+    pair.flush()
+    assert pair.client.lost is None and pair.server.lost is None
+    transport.write(b"still open")
+    pair.flush()
+    assert bytes(pair.client.received) == b"still open"
+
+
+def test_a_failed_handshake_names_an_unknown_peer_when_the_transport_cannot() -> None:
+    from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+
+    class NoPeer(StringTransport):
+        def getPeer(self) -> Any:
+            raise OSError("not connected")
+
+    lines: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        lines.append(formatEvent(event) or "")
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        factory = MemoryBIOTLSFactory(
+            server_options(PKI), False, protocol.Factory.forProtocol(App), Clock(),
+            handshake_timeout=None, plain_http=None,
+        )
+        tls = factory.buildProtocol(None)
+        tls.makeConnection(NoPeer())
+        tls.dataReceived(b"\x16\x03\x01\x00\x05hello, not a ClientHello at all")
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert any("TLS handshake failed from unknown peer" in line for line in lines), lines
+
+
+def test_reentrant_input_is_delivered_after_the_callback_not_inside_it() -> None:
+    """A transport that hands us more bytes from inside dataReceived: no nested delivery."""
+    pair = connect("membio", PKI)
+    captured: list[bytes] = []
+    pair.client_io.write = captured.append  # keep the client's records for ourselves
+    for text in (b"first", b"second"):
+        pair.client.transport.write(text)  # type: ignore[union-attr]
+        pair.clock.advance(0)
+    first, second = captured
+    depth, deepest, order = [0], [0], []
+
+    def nested(app: App, data: bytes) -> None:
+        depth[0] += 1
+        deepest[0] = max(deepest[0], depth[0])
+        order.append(data)
+        if data == b"first":
+            pair.server_tls.dataReceived(second)  # re-entrantly, as some transports do
+        depth[0] -= 1
+
+    pair.server.on_data = nested
+    pair.server_tls.dataReceived(first)
+    assert order == [b"first", b"second"]
+    assert deepest[0] == 1
