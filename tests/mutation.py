@@ -79,10 +79,10 @@ IDENTITY = (
     "only enum members, None and types with `is`, for which equality is identity"
 )
 
-#: Survivors the program cannot tell from the original: (module, text of the
-#: original line, text of the mutated line, why).  A survivor matches when
-#: both texts are contained in its lines; the report counts it as
-#: equivalent and prints the reason.
+#: Survivors the program cannot tell from the original: (module, or
+#: "module:function"; text of the original line; text of the mutated line;
+#: why).  A survivor matches when both texts are contained in its lines;
+#: the report counts it as equivalent and prints the reason.
 _REC, _ENG, _PRO = "_record_io.py", "_engine.py", "_protocol.py"
 _NEVER_MORE = "OpenSSL never takes (or a BIO never returns) more than it was given or asked for"
 _PERF = "only how much work is done changes (a copy, an allocation, a call), not what is sent"
@@ -188,8 +188,8 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     (_PRO, "if out and self.connected:", "if out or self.connected:",
      "an empty write to a live transport sends nothing, and after connectionLost the engine "
      "is aborted and has nothing to send"),
-    (_PRO, "self.disconnecting = True", "self.disconnecting = False",
-     "failVerification only: the handshake error that follows sets it before anything "
+    (_PRO + ":failVerification", "self.disconnecting = True", "self.disconnecting = False",
+     "in failVerification: the handshake error that follows sets it before anything "
      "can look"),
     (_PRO, "_CLOSABLE = frozenset({TLSState.OPEN, TLSState.PEER_CLOSED})", "TLSState.HANDSHAKING})",
      "_begin_close deals with the handshake before it looks at this set"),
@@ -670,7 +670,8 @@ def describe(module: str, session: Path) -> str:
             why = next(
                 (
                     reason for where, before, after, reason in EQUIVALENT
-                    if module.endswith(where) and before in original and after in mutated
+                    if _at(where, module, mutation.definition_name)
+                    and before in original and after in mutated
                 ),
                 None,
             )
@@ -694,6 +695,12 @@ def describe(module: str, session: Path) -> str:
         f"{pending} pending"
     ]
     return "\n".join([*lines, *survivors]) + "\n"
+
+
+def _at(where: str, module: str, definition: str | None) -> bool:
+    """Whether an `EQUIVALENT` entry's place ("_x.py" or "_x.py:function") is this one."""
+    suffix, _, function = where.partition(":")
+    return module.endswith(suffix) and (not function or function == definition)
 
 
 def _changed_lines(diff: str) -> tuple[str, str]:
