@@ -651,6 +651,21 @@ def test_a_failed_direct_read_raises_what_pyopenssl_would(pki: PKI) -> None:
     assert outcomes[0] == outcomes[1]
 
 
+def test_a_failed_write_raises_what_pyopenssl_would_on_both_paths(pki: PKI) -> None:
+    """A write on a connection OpenSSL has failed is an error, never "try later"."""
+    outcomes = []
+    for direct in (True, False):
+        _client, server = engine_pair(pki, direct_io=direct)
+        connection = server.engine.connection
+        connection.bio_write(b"\x16\x03\x01\x00\x05garbage that is no ClientHello")
+        with pytest.raises(SSL.Error):
+            connection.do_handshake()
+        with pytest.raises(SSL.Error) as caught:
+            record_io(connection, direct=direct).write(b"too late")
+        outcomes.append((type(caught.value), caught.value.args))
+    assert outcomes[0] == outcomes[1]
+
+
 def test_engines_in_several_threads_at_once_deliver_every_byte_intact() -> None:
     """
     The direct path shares one scratch buffer per process for bytes it has
