@@ -127,6 +127,22 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
      "def record_io(connection: SSL.Connection, /,",
      "every caller passes `direct` by keyword, which both signatures accept"),
     # -- engine
+    (_ENG, "        *,", "        /,",
+     "every caller passes server_side and the rest by keyword, which both signatures accept"),
+    (_ENG, "if self._state in _READABLE and not self._saw_eof:",
+     "if self._state in _READABLE or not self._saw_eof:",
+     "telling a memory BIO about the end of input again, or after the end, changes nothing"),
+    (_ENG, "if not 20 <= data[pos] <= 24", "if not 20 <= data[pos] <= 25",
+     "no TLS record has content type 25"),
+    (_ENG, "if not 20 <= data[pos] <= 24", "if not 20 <= data[pos] != 24",
+     "type 24 (heartbeat) is never sent, and nothing above it exists"),
+    (_ENG + ":_flush_pending", "self._head_is_retry = False", "self._head_is_retry = True",
+     "a chunk taken for a retry is written alone instead of joined: " + _PERF),
+    (_ENG + ":_abandon", "self._head_is_retry = False", "self._head_is_retry = True",
+     "an abandoned engine writes nothing again"),
+    (_ENG, "if self._conn.get_shutdown() & SSL.SENT_SHUTDOWN:", "% SSL.SENT_SHUTDOWN:",
+     "the engine asks for close_notify once (close() with nothing pending, or the flush "
+     "after it); the check is a guard that never finds it sent"),
     (_ENG, "self._records = 0", "self._records = 1",
      "the bound may err high (the handshake's records already make it); the first read that "
      "finds nothing resets it"),

@@ -256,6 +256,7 @@ def test_a_corrupted_record_fails_with_a_protocol_error_and_an_alert(
         server.drain_events()
     assert server.engine.state is TLSState.FAILED
     assert server.engine.error is info.value
+    assert server.engine.buffered == 0
     alert = server.engine.data_to_send()
     # TLS 1.3 encrypts alerts inside an application_data record.
     assert alert[:1] == (b"\x15" if version == SSL.TLS1_2_VERSION else b"\x17")
@@ -947,3 +948,77 @@ def test_abort_after_our_close_notify_abandons_the_session(pki: PKI) -> None:
     assert client.engine.state is TLSState.CLOSED
     client.engine.receive(b"anything")  # nothing more is read
     assert client.engine.next_event() is Event.NEED_DATA
+
+
+def test_a_record_header_with_a_wrong_version_still_reaches_openssl(pki: PKI) -> None:
+    """
+    A valid content type with a version that is no TLS version, and a huge
+    length: not something to wait for, but OpenSSL's to refuse at once.
+    """
+    _client, server = open_pair(pki)
+    server.engine.receive(b"\x17\x05\xff\xff" + b"x" * 10)
+    with pytest.raises(TLSProtocolError):
+        server.drain_events()
+
+
+def test_an_openssl_error_on_write_fails_the_engine(pki: PKI) -> None:
+    client, _server = open_pair(pki)
+    io = client.engine._io
+
+    class Failing:
+        def __getattr__(self, name: str) -> object:
+            return getattr(io, name)
+
+        def write(self, data: object) -> int:
+            raise SSL.Error([("SSL routines", "", "bad write retry")])
+
+    client.engine._io = Failing()  # type: ignore[assignment]
+    with pytest.raises(TLSProtocolError, match="bad write retry"):
+        client.engine.send(b"data")
+    assert client.engine.state is TLSState.FAILED
+    assert client.engine.buffered == 0
+
+
+def test_an_openssl_error_on_close_notify_fails_the_engine(pki: PKI) -> None:
+    client, _server = open_pair(pki)
+
+    def failing_shutdown() -> bool:
+        raise SSL.Error([("SSL routines", "", "shutdown while in init")])
+
+    client.engine.connection.shutdown = failing_shutdown  # type: ignore[method-assign]
+    with pytest.raises(TLSProtocolError, match="shutdown while in init"):
+        client.engine.close()
+    assert client.engine.state is TLSState.FAILED
+
+
+def test_the_handshake_s_buffers_are_released_once_and_retried_until_they_are(
+    pki: PKI, record_io_path: str
+) -> None:
+    """
+    After the handshake the engine gives back the BIOs' memory on a drain;
+    if that cannot happen yet (the peer's next record is still arriving) it
+    tries again on the next drains, and once done it stops trying.
+    """
+    client, server = engine_pair(pki)
+    io = client.engine._io
+    attempts: list[bool] = []
+    refuse = [True]
+
+    class Counting:
+        def __getattr__(self, name: str) -> object:
+            return getattr(io, name)
+
+        def release_buffers(self) -> bool:
+            done = False if refuse[0] else io.release_buffers()
+            refuse[0] = False
+            attempts.append(done)
+            return done
+
+    client.engine._io = Counting()  # type: ignore[assignment]
+    pump(client, server)
+    assert client.engine.state is TLSState.OPEN
+    for _ in range(3):
+        client.engine.send(b"more")
+        client.engine.data_to_send()
+    # The public API cannot replace BIOs: the engine does not even try.
+    assert attempts == ([False, True] if record_io_path == "direct" else []), attempts
