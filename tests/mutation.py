@@ -39,6 +39,7 @@ import argparse
 import ast
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -726,6 +727,24 @@ def describe(module: str, session: Path) -> str:
     return "\n".join([*lines, *survivors]) + "\n"
 
 
+def table_row(module: str, session: Path) -> str:
+    """One Markdown table row: mutants, not run, killed, equivalent, other survivors, scores."""
+    first = describe(module, session).splitlines()[0]
+    match = re.search(
+        r"killed (\d+)/(\d+) .*survived (\d+) \((\d+) explained as equivalent, \d+ "
+        r"incompetent\); (\d+) not run",
+        first,
+    )
+    assert match, first
+    killed, run, survived, equivalent, not_run = (int(n) for n in match.groups())
+    real = run - equivalent
+    return (
+        f"| `{Path(module).name}` | {run + not_run} | {not_run} | {run} | {killed} | "
+        f"{equivalent} | {survived - equivalent} | {100.0 * killed / run:.1f}% | "
+        f"{100.0 * killed / real:.1f}% |"
+    )
+
+
 def _at(where: str, module: str, definition: str | None) -> bool:
     """Whether an `EQUIVALENT` entry's place ("_x.py" or "_x.py:function") is this one."""
     suffix, _, function = where.partition(":")
@@ -754,6 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--operators", help="only operators whose name contains this")
     parser.add_argument("--limit", type=int, help="only the first N mutants (a smoke run)")
     parser.add_argument("--report", action="store_true", help="print the last results only")
+    parser.add_argument("--table", action="store_true", help="the results as a Markdown table")
     parser.add_argument(
         "--retest", action="store_true", help="run the last session's survivors again"
     )
@@ -768,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     if not chosen:
         parser.error(f"no such module; choose from {', '.join(Path(m).stem for m in MODULES)}")
     args.workdir.mkdir(parents=True, exist_ok=True)
+    args.report = args.report or args.table
     if args.retest:
         for module in chosen:
             retest_survivors(module, args.workdir)
@@ -792,10 +813,14 @@ def main(argv: list[str] | None = None) -> int:
 
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             list(pool.map(child, chosen))
+    if args.table:
+        print("| module | mutants | not run | run | killed | equivalent | other survivors "
+              "| killed / run | killed / non-equivalent |")
+        print("|---|---|---|---|---|---|---|---|---|")
     for module in chosen:
         session = args.workdir / f"{Path(module).stem}.sqlite"
         if session.exists():
-            print(describe(module, session), end="")
+            print(table_row(module, session) if args.table else describe(module, session).rstrip())
     return 0
 
 
