@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pytest
 from twisted.internet import protocol
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPullProducer
@@ -321,17 +322,22 @@ def test_a_producer_paused_for_held_back_writes_resumes_once_they_go() -> None:
     engine._io = short
     producer = Recorder()
     pair.client.transport.registerProducer(producer, True)  # type: ignore[union-attr]
-    short.allow = [0, 0]  # the next write is refused, and its first retry too
+    short.allow = [0, 0, 0]  # the next write is refused, and its retries twice
     pair.client.transport.write(b"x" * 1000)  # type: ignore[union-attr]  # exactly the limit
     pair.clock.advance(0)  # the batch is encrypted on the next turn: refused
     assert producer.calls == ["pause"]
     pair.server.transport.write(b"ping")  # type: ignore[union-attr]  # the client reads
     pair.flush()
     assert producer.calls == ["pause"], "resumed while the buffer was still full"
-    pair.server.transport.write(b"ping")  # type: ignore[union-attr]  # now the write goes
+    pair.client.transport.write(b"y" * 500)  # type: ignore[union-attr]  # now over the limit
+    pair.clock.advance(0)
+    pair.server.transport.write(b"ping")  # type: ignore[union-attr]
+    pair.flush()
+    assert producer.calls == ["pause"], "resumed while the buffer was over the limit"
+    pair.server.transport.write(b"ping")  # type: ignore[union-attr]  # now the writes go
     pair.flush()
     assert producer.calls == ["pause", "resume"]
-    assert bytes(pair.server.received) == b"x" * 1000
+    assert bytes(pair.server.received) == b"x" * 1000 + b"y" * 500
     pair.client.transport.unregisterProducer()  # type: ignore[union-attr]
 
 
@@ -416,8 +422,6 @@ def test_plain_http_over_a_unix_socket_names_the_default_https_port_implicitly()
 
 
 def test_bytearrays_and_memoryviews_are_accepted_and_text_is_refused() -> None:
-    import pytest
-
     pair = connect("membio", PKI)
     transport: Any = pair.client.transport
     transport.write(bytearray(b"from a bytearray, "))
@@ -553,7 +557,9 @@ def test_the_end_of_the_transports_write_side_reaches_a_half_closeable_applicati
     assert plain.server.lost is None
 
 
-def test_a_producer_registered_over_a_full_buffer_is_paused_at_once() -> None:
+@pytest.mark.parametrize("limit", [1000, 20_000])
+def test_a_producer_registered_over_a_full_buffer_is_paused_at_once(limit: int) -> None:
+    """Over the limit, or exactly at it."""
     from .test_parity import Recorder
 
     producer = Recorder()
@@ -566,7 +572,7 @@ def test_a_producer_registered_over_a_full_buffer_is_paused_at_once() -> None:
         at_registration.extend(producer.calls)
 
     client.connectionMade = made  # type: ignore[method-assign]
-    pair = connect("membio", PKI, client_app=client, send_buffer_limit=1000)
+    pair = connect("membio", PKI, client_app=client, send_buffer_limit=limit)
     assert at_registration == ["pause"]
     assert producer.calls == ["pause", "resume"]
     assert bytes(pair.server.received) == b"x" * 20_000
@@ -635,3 +641,59 @@ def test_reentrant_input_is_delivered_after_the_callback_not_inside_it() -> None
     pair.server_tls.dataReceived(first)
     assert order == [b"first", b"second"]
     assert deepest[0] == 1
+
+
+def test_a_quiet_connection_really_gets_new_bios_after_a_burst() -> None:
+    pair = connect("membio", PKI)
+    connection = pair.client_tls.getHandle()
+    before = connection._into_ssl
+    pair.client.transport.write(os.urandom(100_000))  # type: ignore[union-attr]
+    pair.flush()
+    reclaimer = pair.client_tls.factory.reclaimer
+    pair.clock.advance(reclaimer.period)
+    pair.clock.advance(reclaimer.period)
+    assert reclaimer.released == 1
+    assert connection._into_ssl != before, "counted as released, but the BIOs are the old ones"
+
+
+def _failing_close_notify(tls: Any) -> None:
+    from OpenSSL import SSL
+
+    def shutdown() -> bool:
+        raise SSL.Error([("SSL routines", "", "shutdown while in init")])
+
+    tls.getHandle().shutdown = shutdown
+
+
+def test_an_openssl_error_on_close_ends_the_connection_with_it() -> None:
+    from OpenSSL import SSL
+
+    for close in ("loseConnection", "loseWriteConnection"):
+        pair = connect("membio", PKI)
+        _failing_close_notify(pair.server_tls)
+        getattr(pair.server.transport, close)()
+        assert pair.server_io.disconnecting, close
+        pair.server_tls.connectionLost(Failure(ConnectionDone()))
+        assert pair.server.lost is not None and pair.server.lost.check(SSL.Error), close
+        assert "shutdown while in init" in str(pair.server.lost.value)
+
+
+def test_a_peer_that_hangs_up_after_our_close_notify_ends_cleanly() -> None:
+    """We asked to close; a FIN instead of close_notify truncates nothing we wanted."""
+    pair = connect("membio", PKI)
+    pair.pump.clientIO.protocol = _BlackHole()  # type: ignore[attr-defined]
+    pair.server.transport.loseConnection()  # type: ignore[union-attr]
+    pair.flush()
+    pair.server_tls.connectionLost(Failure(ConnectionDone()))  # the TCP connection ends
+    assert pair.server.lost is not None and pair.server.lost.check(ConnectionDone)
+
+
+def test_the_transport_is_not_closed_again_while_it_is_being_lost() -> None:
+    pair = connect("membio", PKI)
+    pair.client.transport.write(b"data")  # type: ignore[union-attr]
+    pair.flush()
+    closes: list[bool] = []
+    pair.server_io.loseConnection = lambda: closes.append(True)
+    pair.server_tls.connectionLost(Failure(ConnectionLost()))  # no TLS goodbye
+    assert pair.server.lost is not None and pair.server.lost.check(ConnectionLost)
+    assert closes == []
