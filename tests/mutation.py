@@ -678,6 +678,7 @@ def retest_survivors(module: str, workdir: Path) -> Path:
                 item for item, result in db.completed_work_items
                 if result.worker_outcome.value != "skipped"
                 and (result.test_outcome is None or result.test_outcome.value != "killed")
+                and _equivalence(module, item.mutations[0], result) is None
             ]
             print(f"{module}: retesting {len(again)} survivors", flush=True)
             for item in again:
@@ -716,14 +717,7 @@ def describe(module: str, session: Path) -> str:
                 incompetent += 1
             mutation = item.mutations[0]
             original, mutated = _changed_lines(result.diff or "")
-            why = next(
-                (
-                    reason for where, before, after, reason in EQUIVALENT
-                    if _at(where, module, mutation.definition_name)
-                    and before in original and after in mutated
-                ),
-                None,
-            )
+            why = _equivalence(module, mutation, result)
             if why is not None:
                 survived_explained += 1
             survivors.append(
@@ -761,6 +755,19 @@ def table_row(module: str, session: Path) -> str:
         f"| `{Path(module).name}` | {run + not_run} | {not_run} | {run} | {killed} | "
         f"{equivalent} | {survived - equivalent} | {100.0 * killed / run:.1f}% | "
         f"{100.0 * killed / real:.1f}% |"
+    )
+
+
+def _equivalence(module: str, mutation: Any, result: Any) -> str | None:
+    """Why a surviving mutant is equivalent (from `EQUIVALENT`), or None."""
+    original, mutated = _changed_lines(result.diff or "")
+    return next(
+        (
+            reason for where, before, after, reason in EQUIVALENT
+            if _at(where, module, mutation.definition_name)
+            and before in original and after in mutated
+        ),
+        None,
     )
 
 
