@@ -127,6 +127,20 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     (_REC, "def record_io(connection: SSL.Connection, *,",
      "def record_io(connection: SSL.Connection, /,",
      "every caller passes `direct` by keyword, which both signatures accept"),
+    (_REC, "if _SSL_get_error(ssl, result) == _WANT_READ:", "is _WANT_READ:",
+     "small integers are cached: identity and equality agree"),
+    (_REC, "written = send(data if size <= MAX_WRITE else memoryview(data)[:MAX_WRITE])",
+     "written = send(data if size",
+     "a view of the first MAX_WRITE bytes of a write no longer than that is the whole write"),
+    (_REC, "if written < size:", "if written is not size:",
+     "the loop it guards does nothing once everything is written"),
+    (_REC, "if written < size:", "if written <= size:",
+     "the loop it guards does nothing once everything is written"),
+    (_REC, "while written < size:", "while written != size:", _NEVER_MORE),
+    (_REC, "if len(chunk) < _PUBLIC_BIO_READ_SIZE:", "if len(chunk) != _PUBLIC_BIO_READ_SIZE:",
+     _NEVER_MORE),
+    (_REC, "RECV_SIZE: Final = 16384", "RECV_SIZE: Final = 16385",
+     "no record carries more than 16384 bytes of plaintext: one byte more is never used"),
     # -- engine
     (_ENG, "        *,", "        /,",
      "every caller passes server_side and the rest by keyword, which both signatures accept"),
@@ -654,10 +668,10 @@ def run_module(
 
 def retest_survivors(module: str, workdir: Path) -> Path:
     """
-    Run the survivors of an earlier session again, against the tests as
-    they are now (after tests were added to kill them); killed ones are
-    recorded as killed.  Mutants killed before stay killed: tests are only
-    ever added for this.
+    Run the survivors of an earlier session that are not explained as
+    equivalent again, against the tests as they are now (after tests were
+    added to kill them); killed ones are recorded as killed.  Mutants killed
+    before stay killed: tests are only ever added for this.
     """
     from cosmic_ray.mutating import mutate_and_test
     from cosmic_ray.work_db import WorkDB, use_db
