@@ -158,6 +158,20 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     (_ENG, "if self._conn.get_shutdown() & SSL.SENT_SHUTDOWN:", "% SSL.SENT_SHUTDOWN:",
      "the engine asks for close_notify once (close() with nothing pending, or the flush "
      "after it); the check is a guard that never finds it sent"),
+    (_ENG, "self._release_due = False", "self._release_due = True",
+     "before the handshake completes a release is refused (and retried), and completing "
+     "it sets the flag anyway"),
+    (_ENG, "self._head_is_retry = True", "self._head_is_retry = False",
+     "the refused bytes stay first when joined with what follows, and pyOpenSSL sets "
+     "SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, under which OpenSSL accepts that longer retry"),
+    (_ENG, "elif len(pending) > 1:", "elif len(pending) >= 1:",
+     "joining a single chunk gives the same bytes"),
+    (_ENG, "if get_result is None or describe_code is None or handle is None:",
+     "if get_result is None",
+     "the binding has both functions and every connection a handle"),
+    (_ENG, "if code == 0:", "if code <= 0:", "verify results are never negative"),
+    (_ENG, "self._records = 0", "self._records = -1",
+     "the bound may err high; the first read that finds nothing resets it"),
     (_ENG, "self._records = 0", "self._records = 1",
      "the bound may err high (the handshake's records already make it); the first read that "
      "finds nothing resets it"),

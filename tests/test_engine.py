@@ -1022,3 +1022,41 @@ def test_the_handshake_s_buffers_are_released_once_and_retried_until_they_are(
         client.engine.data_to_send()
     # The public API cannot replace BIOs: the engine does not even try.
     assert attempts == ([False, True] if record_io_path == "direct" else []), attempts
+
+
+def test_the_smallest_buffer_limit_is_one_byte(pki: PKI) -> None:
+    conn = SSL.Connection(pki.server_context(), None)
+    engine = TLSEngine(conn, server_side=True, send_buffer_limit=1)
+    assert engine.send(b"x") is False
+
+
+def test_abort_during_the_handshake_abandons_it(pki: PKI) -> None:
+    client, _server = engine_pair(pki)
+    client.engine.send(b"waiting for the handshake")
+    client.engine.abort()
+    assert client.engine.state is TLSState.CLOSED
+    assert client.engine.buffered == 0
+
+
+def _incoming_bytes(side: Side) -> int:
+    connection = side.engine.connection
+    return int(_record_io._BIO_get_mem_data(connection._into_ssl, _record_io._NULL))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("end", ["peer-closed", "closed", "failed"])
+def test_bytes_after_the_end_of_the_session_are_not_kept(pki: PKI, end: str) -> None:
+    """A peer cannot grow our buffers by talking past the end of the session."""
+    client, server = open_pair(pki)
+    if end == "peer-closed":
+        client.engine.close()
+        pump(client, server)
+        assert server.engine.state is TLSState.PEER_CLOSED
+    elif end == "closed":
+        server.engine.abort()
+    else:
+        server.engine.receive(b"\x17\x03\x03\x00\x05" + b"\x00" * 5)
+        with pytest.raises(TLSProtocolError):
+            server.drain_events()
+    server.engine.receive(b"\x17\x03\x03\x40\x00" + b"x" * 100_000)
+    server.engine.receive(b"")
+    assert _incoming_bytes(server) == 0
