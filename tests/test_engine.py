@@ -950,13 +950,14 @@ def test_abort_after_our_close_notify_abandons_the_session(pki: PKI) -> None:
     assert client.engine.next_event() is Event.NEED_DATA
 
 
-def test_a_record_header_with_a_wrong_version_still_reaches_openssl(pki: PKI) -> None:
+@pytest.mark.parametrize("major", [2, 5])
+def test_a_record_header_with_a_wrong_version_still_reaches_openssl(pki: PKI, major: int) -> None:
     """
     A valid content type with a version that is no TLS version, and a huge
     length: not something to wait for, but OpenSSL's to refuse at once.
     """
     _client, server = open_pair(pki)
-    server.engine.receive(b"\x17\x05\xff\xff" + b"x" * 10)
+    server.engine.receive(bytes([0x17, major, 0xFF, 0xFF]) + b"x" * 10)
     with pytest.raises(TLSProtocolError):
         server.drain_events()
 
