@@ -905,6 +905,8 @@ def test_writes_queued_during_the_handshake_leave_as_one_record(pki: PKI, writes
     server.engine.receive(client.engine.data_to_send())
     server.drain_events()
     client.engine.receive(server.engine.data_to_send())
+    assert client.engine.next_event() is Event.HANDSHAKE_COMPLETE
+    assert client.engine.buffered == 0, "encrypted as the handshake completed"
     client.drain_events()
     assert client.engine.state is TLSState.OPEN
     # The client's last flight: its Finished, then the queued data in one record.
