@@ -24,7 +24,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ._plugin_helpers import Server, free_port, running, subprocess_env, twistd_command
+from ._plugin_helpers import (
+    HTTPS_READY,
+    Server,
+    listening_port,
+    running,
+    subprocess_env,
+    twistd_command,
+)
 
 READY = r"ready: open https://"
 
@@ -190,13 +197,12 @@ def membio_https(
     stopped (SIGTERM, then SIGKILL) on leaving, whatever happened.
     """
     home = directory / f"{name}-home"
-    port = free_port()
     command = [
         *twistd_command(), "--nodaemon", "--pidfile=", "membio-https",
-        "--port", str(port), *arguments,
+        "--port", "0", *arguments,
     ]
     with running(command, directory, subprocess_env(home, **(env or {})), name) as server:
-        server.wait_for_log(READY)
+        port = listening_port(server, HTTPS_READY)
         trust = ca or home / "state" / "membio-transport" / "local-ca.pem"
         yield MembioServer(server, port, trust, home)
 

@@ -25,12 +25,29 @@ REPO: Path = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20.0
 
 
+#: What membio-https logs once it listens, with the port it got.
+HTTPS_READY = r"ready: open https://[^\s/]+:(\d+)/"
+#: What the membio: endpoint and membio-tls log once they listen.
+TLS_ON_LOOPBACK = r"TLS on 127\.0\.0\.1:(\d+)"
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listened on a moment ago."""
+    """
+    A TCP port on 127.0.0.1 that nobody listened on a moment ago.  Racy:
+    another process may take it before ours binds it.  Only for programs
+    that need a number before they listen and cannot say which port they
+    got (HAProxy's configuration, systemd-socket-activate); everything else
+    listens on port 0 and reports the port (`listening_port`).
+    """
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def listening_port(server: Server, pattern: str, timeout: float = START_TIMEOUT) -> int:
+    """The port C{server} logged (group 1 of C{pattern}) once it listens."""
+    return int(server.wait_for_log(pattern, timeout).group(1))
 
 
 def subprocess_env(home: Path, **extra: str) -> dict[str, str]:

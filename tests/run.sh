@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine that has only python3 (3.11+):
 # installs the system tools the tests drive (openssl, curl, chromium, NSS
-# tools, wrk, haproxy, ss, setpriv, pebble, prometheus) when they are missing,
-# builds .venv, then runs ruff, mypy, trial on the parity suite and on Twisted's own TLS tests
-# (the conformance run), and pytest.
+# tools, wrk, haproxy, ss, setpriv, systemd-socket-activate, pebble, prometheus)
+# when they are missing, builds .venv, then runs ruff, mypy, trial on the parity suite
+# and on Twisted's own TLS tests (the conformance run), and pytest.
 # Arguments are passed to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,9 @@ need haproxy haproxy
 need ss iproute2
 need setpriv util-linux
 need stdbuf coreutils
+# systemd-socket-activate stands in for a .socket unit (tests/test_workers.py);
+# Debian ships it in the systemd package (installing it boots nothing).
+need systemd-socket-activate systemd
 # Let's Encrypt's test CA and its DNS/challenge mock, for tests/test_acme_pebble.py.
 need pebble pebble
 need pebble-challtestsrv pebble

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import selectors
 import socket
 import ssl
@@ -72,6 +71,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("site")
     (root / "index.html").write_text("<!doctype html><title>ok</title>hello\n")
     (root / "small.txt").write_text("small\n")
+    (root / "one-mib.bin").write_bytes(os.urandom(1024 * 1024))
     with open(root / "big.bin", "wb") as stream:
         stream.write(os.urandom(1024 * 1024) * (BIG_FILE // (1024 * 1024)))
     return root
@@ -228,7 +228,11 @@ def test_slowloris_is_dropped_at_the_handshake_timeout(server: MembioServer) -> 
         times = trickle.drop_times()
         assert min(times) >= HANDSHAKE_TIMEOUT - 0.3, times
         assert max(times) <= HANDSHAKE_TIMEOUT + 3, times
-        assert max(latencies) < 1.0, latencies
+        # Served alongside 200 trickling handshakes: a stalled server would
+        # answer only as they are dropped (2 s); a busy 2-core machine may
+        # delay one request, not most of them.
+        assert statistics.median(latencies) < 0.5, latencies
+        assert max(latencies) < HANDSHAKE_TIMEOUT + 1.0, latencies
         _measure(
             "slowloris drop time (200 connections, --handshake-timeout 2)",
             f"median {statistics.median(times):.2f}s, max {max(times):.2f}s",
@@ -258,15 +262,33 @@ def test_peer_that_never_reads(server: MembioServer) -> None:
             # 16 MiB asked for, and pipelined requests for more, never read.
             request(tls, "/big.bin")
             tls.sendall(b"GET /small.txt HTTP/1.1\r\nHost: localhost\r\n\r\n" * 200)
-            time.sleep(1.0)
-            assert _healthy(server) < 1.0
+            # Wait for the server to have written all it will (its memory
+            # stops moving once the socket buffers are full), not for a guess.
+            assert _steady_rss(server.pid, within_kib=256, for_seconds=0.5, timeout=15)
+            assert _healthy(server) < 3.0
             grown = vm_rss_kib(server.pid)
-            time.sleep(1.0)
+            time.sleep(1.0)  # a window to measure in, not a wait for anything
             # Flow control holds the rest of the file on disk, not in memory.
             assert vm_rss_kib(server.pid) - grown < 4 * 1024
         finally:
             tls.close()
         _healthy(server)
+
+
+def _steady_rss(pid: int, *, within_kib: int, for_seconds: float, timeout: float) -> bool:
+    """Wait until C{pid}'s VmRSS moves less than C{within_kib} over C{for_seconds}."""
+    samples: list[tuple[float, int]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        samples = [(t, r) for t, r in samples if now - t <= for_seconds]
+        samples.append((now, vm_rss_kib(pid)))
+        if now - samples[0][0] >= for_seconds * 0.9:
+            values = [r for _t, r in samples]
+            if max(values) - min(values) < within_kib:
+                return True
+        time.sleep(0.05)
+    return False
 
 
 # --------------------------------------------------------------------- flood
@@ -294,7 +316,8 @@ def test_connection_flood(server: MembioServer) -> None:
             f"{time.monotonic() - start:.2f}s; normal request latency max "
             f"{max(latencies) * 1000:.0f}ms",
         )
-        assert max(latencies) < 2.0, latencies
+        assert statistics.median(latencies) < 1.0, latencies
+        assert max(latencies) < 5.0, latencies
 
 
 # --------------------------------------------------------------------- half-open handshakes
@@ -338,6 +361,46 @@ def test_memory_per_idle_connection(patient_server: MembioServer) -> None:
     _healthy(server)
 
 
+def test_memory_per_idle_connection_after_a_burst(patient_server: MembioServer) -> None:
+    """
+    After each connection downloaded 1 MiB, quiet connections give back what
+    the burst grew (README: 28 KiB each measured, 291 KiB without the
+    release): well under the no-release figure once the sweeper has run.
+    """
+    server = patient_server
+    context = client_context(server.ca)
+    warm = context.wrap_socket(
+        socket.create_connection(("127.0.0.1", server.port), timeout=10),
+        server_hostname="localhost",
+    )
+    request(warm, "/one-mib.bin")
+    assert len(read_response(warm)[2]) == 1024 * 1024
+    warm.close()
+    assert _steady_rss(server.pid, within_kib=256, for_seconds=1.0, timeout=15)
+    before = vm_rss_kib(server.pid)
+    held = []
+    try:
+        for _ in range(200):
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            tls = context.wrap_socket(raw, server_hostname="localhost")
+            request(tls, "/one-mib.bin")
+            assert len(read_response(tls)[2]) == 1024 * 1024
+            held.append(tls)
+        # The release comes 2-4 s after a connection goes quiet: wait for the
+        # memory to settle rather than for a guessed time.
+        assert _steady_rss(server.pid, within_kib=256, for_seconds=5.0, timeout=30)
+        per_connection = (vm_rss_kib(server.pid) - before) / len(held)
+        _measure(
+            "server memory per idle connection after a 1 MiB download (200)",
+            f"{per_connection:.1f} KiB",
+        )
+        assert per_connection < 96, per_connection
+    finally:
+        for tls in held:
+            tls.close()
+    _healthy(server)
+
+
 def test_a_thousand_half_open_handshakes(patient_server: MembioServer) -> None:
     server = patient_server
     hello = client_hello()
@@ -361,7 +424,9 @@ def test_a_thousand_half_open_handshakes(patient_server: MembioServer) -> None:
             f"meanwhile took {latency * 1000:.0f}ms",
         )
         assert per_connection < HALF_OPEN_KIB, per_connection
-        assert latency < 2.0
+        # Stuck behind the half-open handshakes, it would wait for their
+        # timeout (PATIENT_TIMEOUT, 5 s).
+        assert latency < PATIENT_TIMEOUT - 1.0, latency
         # All of them are dropped at the handshake timeout.
         deadline = time.monotonic() + PATIENT_TIMEOUT + 10
         for sock in sockets:
@@ -470,7 +535,8 @@ def test_max_connections_refuses_politely(capped_server: MembioServer) -> None:
                 refused += 1
         elapsed = time.monotonic() - start
         assert refused == 10, f"{10 - refused} connections beyond the cap were served"
-        assert elapsed < 2.0, f"refusals took {elapsed:.2f}s: not 'at once'"
+        # Held until the handshake timeout instead, ten would take 20 s.
+        assert elapsed < 5.0, f"refusals took {elapsed:.2f}s: not 'at once'"
         line = server.wait_for_log(r"refused (\d+) connection\(s\) over --max-connections 20.*")
         assert line.group(1) == "10", line.group(0)
         for tls in held[:5]:
@@ -491,11 +557,12 @@ def _try_open(server: MembioServer) -> bool:
     return True
 
 
-def test_measurements_summary() -> None:
-    """Runs last in the file: the numbers measured above, in one place."""
+@pytest.fixture(scope="module", autouse=True)
+def measurements_summary() -> Iterator[None]:
+    """After the module's last test: the numbers measured above, in one place (``-s``)."""
+    yield
     for name, value in MEASURED.items():
         print(f"{name}: {value}")
-    assert re.match(r".*", "")  # nothing to check: a report
 
 
 # --------------------------------------------------------------------- idle connections

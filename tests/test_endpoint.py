@@ -7,8 +7,10 @@ user's own certificate files, and one-line errors.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -277,6 +279,31 @@ def test_own_encrypted_key_with_a_password_file(tmp_path: Path) -> Any:
         yield port.stopListening()
 
 
+@pytest.mark.integration
+@pytest_twisted.inlineCallbacks
+def test_the_backlog_reaches_the_listening_socket(tmp_path: Path) -> Any:
+    """``backlog=`` (and the 511 default) is what the kernel's accept queue gets."""
+    reactor = _reactor()
+    cert_dir = tmp_path / "certs"
+    for extra, expected in (("backlog=5", 5), (None, 511)):
+        description = _listen_description(cert_dir, *([extra] if extra else []))
+        port = yield serverFromString(reactor, description).listen(_factory(Echo))
+        try:
+            assert port.backlog == expected
+            if shutil.which("ss") is None:
+                pytest.skip("ss (Debian package iproute2) is not installed: kernel not asked")
+            number = port.getHost().port
+            listing = subprocess.run(
+                ["ss", "-ltnH", f"sport = :{number}"], capture_output=True, text=True,
+                timeout=10, check=True,
+            )
+            # For a listening socket, ss shows the backlog as Send-Q.
+            fields = listing.stdout.split()
+            assert fields[0] == "LISTEN" and fields[2] == str(expected), listing.stdout
+        finally:
+            yield port.stopListening()
+
+
 def test_parsed_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reactor = _reactor()
     cert_dir = _q(tmp_path / "certs")
@@ -286,6 +313,7 @@ def test_parsed_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         reactor, f"membio:port=0:certDir={cert_dir}:hostname=a.example,b.example:backlog=5"
     )
     assert isinstance(named, TLSServerEndpoint) and isinstance(named.wrapped, TCP4ServerEndpoint)
+    assert named.wrapped._backlog == 5  # type: ignore[attr-defined]  # and see the next test
     assert named.certificate is not None
     assert {"a.example", "b.example"} <= set(named.certificate.names)
     specific = serverFromString(reactor, f"membio:0:interface=192.0.2.5:certDir={cert_dir}")
@@ -301,8 +329,13 @@ def test_parsed_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     combined.chmod(0o600)
     own = serverFromString(reactor, f"membio:0:certKey={_q(combined)}:profile=modern")
     assert own.certificate is not None and own.certificate.cert_path == combined
+    # privateKey= alone names a file with both; a password in the environment
+    # is not needed for a plain key, and does not get in the way.
     monkeypatch.setenv("MEMBIO_KEY_PASSWORD", "unused for a plain key")
-    serverFromString(reactor, f"membio:0:privateKey={_q(combined)}")
+    key_only = serverFromString(reactor, f"membio:0:privateKey={_q(combined)}")
+    assert key_only.certificate is not None
+    assert key_only.certificate.cert_path == key_only.certificate.key_path == combined
+    assert key_only.certificate.fingerprint_sha256 == generated.fingerprint_sha256
 
 
 @pytest.mark.parametrize(

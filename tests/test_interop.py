@@ -1328,7 +1328,7 @@ async def test_lose_connection_sends_close_notify(
     result = await bounded(in_thread(python_clean_close, port, files, version), 10, "client")
     assert result["data"] == b"goodbye\n"
     # Once both close_notify crossed, the server closes TCP at once.
-    assert result["eof_after"] is not None and result["eof_after"] < 2.5, result
+    assert result["eof_after"] is not None and result["eof_after"] < 4.0, result  # not 5 s
     server = apps.instances[0]
     await bounded(server.lost, 5, "server connectionLost")
     assert server.reason.check(ConnectionDone), server.reason
@@ -1383,8 +1383,8 @@ async def test_close_timeout_when_peer_never_answers(
     assert result["eof_after"] is not None, "the server never closed the connection"
     server = apps.instances[0]
     await bounded(server.lost, 5, "server connectionLost")
-    assert 0.4 <= server.lost_at - server.closing_at < 2.5  # not the 5 s default
-    assert result["eof_after"] < 2.5, result
+    assert 0.4 <= server.lost_at - server.closing_at < 4.0  # not the 5 s default
+    assert result["eof_after"] < 4.0, result
     # We asked to close; a peer that does not answer truncates nothing.
     assert server.reason.check(ConnectionDone), server.reason
 

@@ -26,8 +26,9 @@ from membio_transport._certs import ensure_certificate
 
 from ._plugin_helpers import (
     REPO,
+    TLS_ON_LOOPBACK,
     IRCClient,
-    free_port,
+    listening_port,
     running,
     subprocess_env,
 )
@@ -89,36 +90,52 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def test_twistd_words_recipe_with_openssl_and_a_scripted_client(
-    tmp_path: Path, home: Path
-) -> None:
-    port = free_port()
+def test_twistd_words_recipe_with_scripted_clients(tmp_path: Path, home: Path) -> None:
     ca = home / ".local" / "state" / "membio-transport" / "local-ca.pem"
-    with running(_fill(RECIPE_WORDS, port=port), tmp_path, _env(home), "words") as server:
-        server.wait_for_log(rf"TLS on 127\.0\.0\.1:{port}")
+    with running(_fill(RECIPE_WORDS, port=0), tmp_path, _env(home), "words") as server:
+        port = listening_port(server, TLS_ON_LOOPBACK)
+        alice = IRCClient(port, ca, "alice", "secret")
+        bob = IRCClient(port, ca, "bob", "secret")
+        try:
+            alice.expect(r" 001 alice ")
+            bob.expect(r" 001 bob ")
+            bob.send("PRIVMSG alice :hi from a scripted client")
+            heard = alice.expect(r"PRIVMSG alice :")
+            assert heard.startswith(":bob!") and heard.endswith(":hi from a scripted client")
+        finally:
+            alice.close()
+            bob.close()
+
+
+def test_twistd_words_recipe_with_openssl_s_client(tmp_path: Path, home: Path) -> None:
+    """The README's ``openssl s_client`` line, typed as written."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: the recipe's s_client line was not run")
+    ca = home / ".local" / "state" / "membio-transport" / "local-ca.pem"
+    with running(_fill(RECIPE_WORDS, port=0), tmp_path, _env(home), "words") as server:
+        port = listening_port(server, TLS_ON_LOOPBACK)
         alice = IRCClient(port, ca, "alice", "secret")
         try:
             alice.expect(r" 001 alice ")
-            if shutil.which("openssl") is not None:
-                lines = "PASS secret\nNICK bob\nUSER bob 0 * :bob\nPRIVMSG alice :hi via openssl\n"
-                with subprocess.Popen(
-                    _fill(RECIPE_S_CLIENT, port=port), cwd=tmp_path, env=_env(home),
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                ) as s_client:
-                    assert s_client.stdin is not None
-                    s_client.stdin.write(lines.encode())
-                    s_client.stdin.flush()
+            lines = "PASS secret\nNICK bob\nUSER bob 0 * :bob\nPRIVMSG alice :hi via openssl\n"
+            with subprocess.Popen(
+                _fill(RECIPE_S_CLIENT, port=port), cwd=tmp_path, env=_env(home),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            ) as s_client:
+                assert s_client.stdin is not None
+                s_client.stdin.write(lines.encode())
+                s_client.stdin.flush()
+                try:
+                    heard = alice.expect(r"PRIVMSG alice :")
+                finally:
+                    s_client.stdin.write(b"QUIT :bye\n")
+                    s_client.stdin.close()
                     try:
-                        heard = alice.expect(r"PRIVMSG alice :")
-                    finally:
-                        s_client.stdin.write(b"QUIT :bye\n")
-                        s_client.stdin.close()
-                        try:
-                            s_client.wait(10)
-                        except subprocess.TimeoutExpired:
-                            s_client.kill()
-                            s_client.wait(5)
-                    assert heard.startswith(":bob!") and heard.endswith(":hi via openssl")
+                        s_client.wait(10)
+                    except subprocess.TimeoutExpired:
+                        s_client.kill()
+                        s_client.wait(5)
+            assert heard.startswith(":bob!") and heard.endswith(":hi via openssl")
         finally:
             alice.close()
 
@@ -126,10 +143,9 @@ def test_twistd_words_recipe_with_openssl_and_a_scripted_client(
 def test_example_server_wraps_ircfactory_and_two_clients_talk_in_a_channel(
     tmp_path: Path, home: Path
 ) -> None:
-    port = free_port()
-    command = _fill(RECIPE_EXAMPLE_SERVER, port=port)
+    command = _fill(RECIPE_EXAMPLE_SERVER, port=0)
     with running(command, tmp_path, _env(home), "irc-example") as server:
-        server.wait_for_log(rf"IRC over TLS on 127\.0\.0\.1:{port}")
+        port = listening_port(server, r"IRC over TLS on 127\.0\.0\.1:(\d+)")
         clients, outputs = {}, {}
         try:
             for nick, other in (("alice", "bob"), ("bob", "alice")):
@@ -164,9 +180,8 @@ def _wait_for_text(path: Path, text: str, process: subprocess.Popen[bytes]) -> N
 
 
 def test_wrap_any_factory_echo_example(tmp_path: Path, home: Path) -> None:
-    port = free_port()
-    with running(_fill(RECIPE_ECHO_SERVER, port=port), tmp_path, _env(home), "echo") as server:
-        server.wait_for_log(rf"echo server ready on 127\.0\.0\.1:{port}")
+    with running(_fill(RECIPE_ECHO_SERVER, port=0), tmp_path, _env(home), "echo") as server:
+        port = listening_port(server, r"echo server ready on 127\.0\.0\.1:(\d+)")
         result = subprocess.run(
             _fill(RECIPE_ECHO_CLIENT, port=port), cwd=tmp_path, env=_env(home),
             capture_output=True, text=True, timeout=30, check=False,

@@ -7,6 +7,7 @@ says so and checks each side's actual behaviour.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
@@ -30,6 +31,7 @@ from twisted.internet.ssl import (
     optionsForClientTLS,
 )
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.protocols.basic import FileSender
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -38,8 +40,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from membio_transport import MemoryBIOTLSFactory
+from membio_transport._factory import DEFAULT_CLOSE_TIMEOUT
 
-from ._pki import PKI, make_pki
+from ._pki import LONG_CHAIN_DER_BYTES, PKI, make_pki
 
 FACTORIES = {"twisted": TLSMemoryBIOFactory, "membio": MemoryBIOTLSFactory}
 
@@ -354,13 +357,46 @@ class ParityTests:
         pair.flush()
         transport = pair.client.transport
         assert pair.client.lost is not None
+        received = bytes(pair.server.received)
+        sent: list[bytes] = []
+        pair.client_io.write = sent.append  # whatever reaches the real transport now
+        aborted: list[bool] = []
+        pair.client_io.abortConnection = lambda: aborted.append(True)
         transport.write(b"late")  # type: ignore[union-attr]
+        transport.writeSequence([b"later"])  # type: ignore[union-attr]
         transport.loseConnection()  # type: ignore[union-attr]
         if self.flavour == "membio":
             # Twisted's layer raises AttributeError here: its connection is None.
             transport.abortConnection()  # type: ignore[union-attr]
+            transport.loseWriteConnection()  # type: ignore[union-attr]
             assert transport.getPeerCertificate() is not None  # type: ignore[union-attr]
             assert transport.negotiatedProtocol is None  # type: ignore[union-attr]
+        assert [call for call in pair.clock.getDelayedCalls() if call.active()] == [], (
+            "a late call scheduled work"
+        )
+        pair.clock.advance(10)
+        pair.flush()
+        assert sent == [], "bytes went out after connectionLost"
+        assert aborted == [], "the dead transport was touched"
+        assert bytes(pair.server.received) == received
+
+    def test_writes_after_an_abrupt_connection_lost_send_nothing(self) -> None:
+        """The transport went away mid-session (no TLS goodbye): late writes go nowhere."""
+        pair = connect(self.flavour)
+        pair.client.transport.write(b"before")  # type: ignore[union-attr]
+        pair.flush()
+        pair.server_io.loseConnection()  # the server's TCP connection drops
+        pair.pump.pump()
+        pair.flush()
+        assert pair.server.lost is not None
+        sent: list[bytes] = []
+        pair.server_io.write = sent.append
+        pair.server.transport.write(b"late")  # type: ignore[union-attr]
+        pair.server.transport.write(b"x" * 300_000)  # type: ignore[union-attr]
+        pair.clock.advance(10)
+        pair.flush()
+        assert sent == [], "bytes went out after connectionLost"
+        assert bytes(pair.client.received) == b""
 
     def test_untrusted_certificate_fails_with_an_openssl_error(self) -> None:
         untrusting = client_options(make_pki("rsa"))
@@ -507,6 +543,106 @@ class ParityTests:
         assert producer.calls == ["pause", "resume"]
         assert bytes(server.received) == b"hello"
 
+    def test_a_server_flight_over_32_kib_completes(self) -> None:
+        """
+        Deliberate difference (twisted#5095): with a ~100 KiB certificate
+        chain, Twisted's layer reads 32 KiB of the server's flight and
+        never the rest, so the handshake never completes; ours drains the
+        outgoing BIO to empty.
+        """
+        from membio_transport import ServerTLSOptions
+
+        pki = make_pki("ecdsa", chain_bytes=LONG_CHAIN_DER_BYTES)
+        # The whole chain (server_options() serves the leaf alone).
+        pair = connect(self.flavour, pki, server_creator=ServerTLSOptions(pki.server_context()))
+        pair.clock.advance(1)
+        pair.flush()
+        if self.flavour == "membio":
+            assert pair.client.handshakes == pair.server.handshakes == 1
+            pair.client.transport.write(b"through a long chain")  # type: ignore[union-attr]
+            pair.flush()
+            assert bytes(pair.server.received) == b"through a long chain"
+        else:
+            assert pair.client.handshakes == 0, "Twisted's layer completed (twisted#5095 fixed?)"
+
+    def test_client_initiated_renegotiation(self) -> None:
+        """
+        Over an ordinary context both layers refuse a client's renegotiation
+        on this stack: OpenSSL 3 and later refuse it by default.  Deliberate
+        difference: over a context that allows it
+        (``SSL_OP_ALLOW_CLIENT_RENEGOTIATION``, or an older OpenSSL), Twisted's
+        layer renegotiates; ours refuses (``OP_NO_RENEGOTIATION`` on every
+        server connection).
+        """
+        assert renegotiate_against(self.flavour, allowed_by_context=False) == "refused"
+        expected = "renegotiated" if self.flavour == "twisted" else "refused"
+        assert renegotiate_against(self.flavour, allowed_by_context=True) == expected
+
+
+def renegotiate_against(flavour: str, *, allowed_by_context: bool) -> str:
+    """
+    A bare pyOpenSSL TLS 1.2 client asks a server (Twisted's layer or ours,
+    on a string transport) to renegotiate: "refused" or "renegotiated".
+    """
+    from membio_transport import ServerTLSOptions
+
+    from .test_engine import ALLOW_CLIENT_RENEGOTIATION
+
+    pki = make_pki("ecdsa")
+    context = pki.server_context(SSL.TLS1_2_VERSION)
+    if allowed_by_context:
+        context.set_options(ALLOW_CLIENT_RENEGOTIATION)
+    clock = Clock()
+    app = App()
+    factory = FACTORIES[flavour](
+        ServerTLSOptions(context), False, protocol.Factory.forProtocol(lambda: app), clock
+    )
+    server = factory.buildProtocol(None)
+    wire = StringTransport()
+    server.makeConnection(wire)
+    client = SSL.Connection(pki.client_context(SSL.TLS1_2_VERSION), None)
+    client.set_connect_state()
+
+    def exchange() -> None:
+        for _ in range(50):
+            with contextlib.suppress(SSL.WantReadError):
+                client.do_handshake()
+            with contextlib.suppress(SSL.WantReadError):
+                client.recv(65536)
+            try:
+                out = client.bio_read(1 << 20)
+            except SSL.WantReadError:
+                out = b""
+            if out:
+                server.dataReceived(out)
+            clock.advance(0)
+            back = wire.value()
+            wire.clear()
+            if back:
+                client.bio_write(back)
+            if not out and not back:
+                return
+        raise AssertionError("never went quiet")
+
+    exchange()
+    assert app.handshakes == 1
+    assert client.renegotiate()
+    try:
+        exchange()
+    except SSL.Error as error:
+        # The server answered with a no_renegotiation alert; the client
+        # gives up on the session, the server merely did not renegotiate.
+        assert "no renegotiation" in str(error), error
+        assert app.lost is None
+        return "refused"
+    assert not client.renegotiate_pending()
+    assert client.total_renegotiations() == 1
+    client.send(b"after the new handshake")
+    exchange()
+    assert bytes(app.received) == b"after the new handshake"
+    assert app.lost is None
+    return "renegotiated"
+
 
 class TwistedParityTests(ParityTests, SynchronousTestCase):
     flavour = "twisted"
@@ -514,6 +650,90 @@ class TwistedParityTests(ParityTests, SynchronousTestCase):
 
 class MembioParityTests(ParityTests, SynchronousTestCase):
     flavour = "membio"
+
+    def test_small_writes_inside_a_callback_schedule_no_reactor_call(self) -> None:
+        """
+        Inside ``dataReceived`` the flush that ends the callback sends the
+        batch: no reactor call is scheduled for it (Twisted schedules one per
+        batch).  Outside any callback, one call per batch, not one per write.
+        """
+        pair = connect("membio")
+        scheduled: list[int] = []
+
+        def burst(app: App, data: bytes) -> None:
+            before = len(pair.clock.getDelayedCalls())
+            for _ in range(10):
+                app.transport.write(b"0123456789")  # type: ignore[union-attr]
+            scheduled.append(len(pair.clock.getDelayedCalls()) - before)
+
+        pair.client.on_data = burst
+        pair.server.transport.write(b"go")  # type: ignore[union-attr]
+        pair.flush()
+        assert scheduled == [0]
+        assert bytes(pair.server.received) == b"0123456789" * 10
+        # From outside a callback: the first small write schedules one call,
+        # the next ones join its batch.
+        before = len(pair.clock.getDelayedCalls())
+        for _ in range(10):
+            pair.client.transport.write(b"x")  # type: ignore[union-attr]
+        assert len(pair.clock.getDelayedCalls()) - before == 1
+        pair.flush()
+        assert bytes(pair.server.received).endswith(b"x" * 10)
+
+    def test_ciphertext_leaves_at_once_when_256_kib_has_built_up_outside_a_callback(
+        self,
+    ) -> None:
+        """
+        Large writes from outside any callback wait for the next reactor
+        turn, until 256 KiB of plaintext is waiting: then it all goes in one
+        transport write at once, without waiting for the turn.
+        """
+        pair = connect("membio")
+        sent: list[bytes] = []
+        original_write = pair.client_io.write
+
+        def counting_write(data: bytes) -> None:
+            sent.append(data)
+            original_write(data)
+
+        pair.client_io.write = counting_write
+        piece = os.urandom(20_000)
+        writes_below = (256 * 1024) // len(piece)  # 13 writes: 260,000 bytes < 256 KiB
+        for _ in range(writes_below):
+            pair.client.transport.write(piece)  # type: ignore[union-attr]
+        assert sent == [], "drained before 256 KiB had built up"
+        pair.client.transport.write(piece)  # type: ignore[union-attr]  # 280,000 bytes
+        assert len(sent) == 1, "256 KiB waited for the reactor turn"
+        assert len(sent[0]) > (writes_below + 1) * len(piece)
+        pair.flush()
+        assert bytes(pair.server.received) == piece * (writes_below + 1)
+
+    def test_lose_connection_waits_for_the_peers_close_notify(self) -> None:
+        """
+        After our close_notify the transport stays open until the peer's
+        answer arrives (then it closes at once), or until ``close_timeout``
+        (5 s from every entry point that sets the policy) if it never does.
+        """
+        pair = connect("membio", close_timeout=DEFAULT_CLOSE_TIMEOUT)
+        pair.server.transport.loseConnection()  # type: ignore[union-attr]
+        assert not pair.server_io.disconnecting, "closed before the peer could answer"
+        pair.flush()  # the client answers with its own close_notify
+        assert pair.server_io.disconnecting
+        assert pair.server.lost is not None and pair.server.lost.check(ConnectionDone)
+        assert pair.client.lost is not None and pair.client.lost.check(ConnectionDone)
+
+        silent = connect("membio", close_timeout=DEFAULT_CLOSE_TIMEOUT)
+        silent.pump.clientIO.protocol = _BlackHole()  # type: ignore[attr-defined]
+        silent.server.transport.loseConnection()  # type: ignore[union-attr]
+        silent.flush()
+        silent.clock.advance(DEFAULT_CLOSE_TIMEOUT - 0.1)
+        silent.flush()
+        assert not silent.server_io.disconnecting, "gave up before close_timeout"
+        assert silent.server.lost is None
+        silent.clock.advance(0.2)
+        silent.flush()
+        assert silent.server_io.disconnecting, "waited past close_timeout"
+        assert silent.server.lost is not None
 
     def test_a_pull_producer_streams_a_file(self) -> None:
         # Only ours: Twisted's layer turns pull producers into push ones with a

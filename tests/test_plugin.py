@@ -29,11 +29,13 @@ from membio_transport import tap
 from membio_transport._info_page import prefers_html
 
 from ._plugin_helpers import (  # noqa: F401 (private_home is a fixture)
+    HTTPS_READY,
     TAC_IRC,
+    TLS_ON_LOOPBACK,
     IRCClient,
     Server,
     fingerprint_from_log,
-    free_port,
+    listening_port,
     peer_fingerprint,
     private_home,
     run_to_completion,
@@ -440,11 +442,12 @@ class _Running:
 @pytest.fixture(scope="module")
 def https_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Running]:
     base = tmp_path_factory.mktemp("https")
-    home, cert_dir, port = base / "home", base / "certs", free_port()
+    home, cert_dir = base / "home", base / "certs"
     command = _membio_https(
-        "--port", str(port), "--interface", "127.0.0.1", "--cert-dir", str(cert_dir)
+        "--port", "0", "--interface", "127.0.0.1", "--cert-dir", str(cert_dir)
     )
     with running(command, base, subprocess_env(home)) as server:
+        port = listening_port(server, HTTPS_READY)
         url = server.wait_for_log(READY).group(1)
         yield _Running(server, port, url, cert_dir, home)
 
@@ -599,21 +602,20 @@ def test_restart_reuses_the_certificate_and_serves_files_and_redirects(
     site.mkdir()
     (site / "hello.txt").write_text("hello over TLS\n")
     env = subprocess_env(home)
-    port = free_port()
     with running(
-        _membio_https("--port", str(port), "--cert-dir", str(cert_dir)), tmp_path, env, "first"
+        _membio_https("--port", "0", "--cert-dir", str(cert_dir)), tmp_path, env, "first"
     ) as first:
-        first.wait_for_log(READY)
+        port = listening_port(first, HTTPS_READY)
         before = peer_fingerprint(port, cert_dir / "local-ca.pem")
         assert before == fingerprint_from_log(first.stdout)
     # twistd ends itself with the signal it got, as Twisted does.
     assert first.process.returncode in (0, -15), first.describe()
-    port, plain = free_port(), free_port()
-    arguments = ["--port", str(port), "--cert-dir", str(cert_dir), "--path", str(site)]
+    arguments = ["--port", "0", "--cert-dir", str(cert_dir), "--path", str(site)]
     with running(
-        _membio_https(*arguments, "--redirect-http", str(plain)), tmp_path, env, "second"
+        _membio_https(*arguments, "--redirect-http", "0"), tmp_path, env, "second"
     ) as second:
-        second.wait_for_log(READY)
+        port = listening_port(second, HTTPS_READY)
+        plain = listening_port(second, r"plain HTTP on 127\.0\.0\.1:(\d+) redirects to HTTPS")
         log = second.stdout
         assert "reusing the certificate in" in log and fingerprint_from_log(log) == before
         assert peer_fingerprint(port, cert_dir / "local-ca.pem") == before
@@ -630,10 +632,10 @@ def test_restart_reuses_the_certificate_and_serves_files_and_redirects(
 
 @pytest.mark.integration
 def test_python_m_runs_the_plugin_with_listen_and_client_certificates(tmp_path: Path) -> None:
-    home, cert_dir, port = tmp_path / "home", tmp_path / "certs", free_port()
+    home, cert_dir = tmp_path / "home", tmp_path / "certs"
     sock = tmp_path / "web.sock"
     command = [
-        sys.executable, "-m", "membio_transport", "--port", str(port), "--cert-dir",
+        sys.executable, "-m", "membio_transport", "--port", "0", "--cert-dir",
         str(cert_dir), "--listen", f"unix:{quoteStringArgument(str(sock))}",
         "--request-client-cert",
     ]
@@ -641,7 +643,7 @@ def test_python_m_runs_the_plugin_with_listen_and_client_certificates(tmp_path: 
 
     client = ensure_certificate(tmp_path / "client-certs", ("curl-client.example",))
     with running(command, tmp_path, subprocess_env(home)) as server:
-        server.wait_for_log(READY)
+        port = listening_port(server, HTTPS_READY)
         assert f"HTTPS on UNIX socket {sock}" in server.stdout
         ca = str(cert_dir / "local-ca.pem")
         over_unix = _curl("--cacert", ca, "--unix-socket", str(sock), "https://localhost/")
@@ -726,15 +728,15 @@ def test_privileged_port_without_privileges_ends_with_one_line(tmp_path: Path) -
 
 @pytest.mark.integration
 def test_twistd_web_listen_membio(tmp_path: Path) -> None:
-    home, cert_dir, port = tmp_path / "home", tmp_path / "certs", free_port()
+    home, cert_dir = tmp_path / "home", tmp_path / "certs"
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_text("<p>served by twistd web</p>\n")
-    description = f"membio:{port}:interface=127.0.0.1:certDir={quoteStringArgument(str(cert_dir))}"
+    description = f"membio:0:interface=127.0.0.1:certDir={quoteStringArgument(str(cert_dir))}"
     command = [*twistd_command(), "-n", "--pidfile=", "web", "--listen", description,
                "--path", str(site)]
     with running(command, tmp_path, subprocess_env(home)) as server:
-        server.wait_for_log(rf"TLS on 127\.0\.0\.1:{port}")
+        port = listening_port(server, TLS_ON_LOOPBACK)
         context = ssl.create_default_context(cafile=str(cert_dir / "local-ca.pem"))
         context.verify_flags |= ssl.VERIFY_X509_STRICT
         with urllib.request.urlopen(
@@ -752,13 +754,13 @@ def _irc_endpoint(port: int, cert_dir: Path) -> str:
 
 @pytest.mark.integration
 def test_irc_over_twistd_words_with_membio(tmp_path: Path) -> None:
-    home, cert_dir, port = tmp_path / "home", tmp_path / "certs", free_port()
+    home, cert_dir = tmp_path / "home", tmp_path / "certs"
     command = [
         *twistd_command(), "-n", "--pidfile=", "words", "--irc-port",
-        _irc_endpoint(port, cert_dir), "--auth", "memory:alice:pa:bob:pb",
+        _irc_endpoint(0, cert_dir), "--auth", "memory:alice:pa:bob:pb",
     ]
     with running(command, tmp_path, subprocess_env(home)) as server:
-        server.wait_for_log(rf"TLS on 127\.0\.0\.1:{port}")
+        port = listening_port(server, TLS_ON_LOOPBACK)
         ca = cert_dir / "local-ca.pem"
         alice, bob = IRCClient(port, ca, "alice", "pa"), IRCClient(port, ca, "bob", "pb")
         try:
@@ -775,13 +777,13 @@ def test_irc_over_twistd_words_with_membio(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_irc_channel_over_a_tac_with_membio(tmp_path: Path) -> None:
-    home, cert_dir, port = tmp_path / "home", tmp_path / "certs", free_port()
+    home, cert_dir = tmp_path / "home", tmp_path / "certs"
     tac = tmp_path / "irc.tac"
     tac.write_text(TAC_IRC)
-    env = subprocess_env(home, MEMBIO_TEST_ENDPOINT=_irc_endpoint(port, cert_dir))
+    env = subprocess_env(home, MEMBIO_TEST_ENDPOINT=_irc_endpoint(0, cert_dir))
     command = [*twistd_command(), "-n", "--pidfile=", "-y", str(tac)]
     with running(command, tmp_path, env) as server:
-        server.wait_for_log(rf"TLS on 127\.0\.0\.1:{port}")
+        port = listening_port(server, TLS_ON_LOOPBACK)
         ca = cert_dir / "local-ca.pem"
         alice, bob = IRCClient(port, ca, "alice", "pa"), IRCClient(port, ca, "bob", "pb")
         try:

@@ -15,7 +15,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,7 +38,14 @@ from ._deploy_helpers import (
     rss_kib,
     set_io_timeout,
 )
-from ._plugin_helpers import Server, free_port, running, subprocess_env, twistd_command
+from ._plugin_helpers import (
+    TLS_ON_LOOPBACK,
+    Server,
+    listening_port,
+    running,
+    subprocess_env,
+    twistd_command,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -51,13 +58,13 @@ def _private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @contextmanager
 def proxy(tmp_path: Path, backend_endpoint: str, *extra: str) -> Iterator[tuple[Server, int, Path]]:
     """membio-tls on a free port relaying to C{backend_endpoint}; yields (server, port, CA)."""
-    port, cert_dir = free_port(), tmp_path / "certs"
+    cert_dir = tmp_path / "certs"
     command = membio_tls_command(
-        twistd_command(), "--port", str(port), "--backend", backend_endpoint,
+        twistd_command(), "--port", "0", "--backend", backend_endpoint,
         "--cert-dir", str(cert_dir), *extra,
     )
     with running(command, tmp_path, subprocess_env(tmp_path / "home"), "membio-tls") as server:
-        server.wait_for_log(rf"TLS on 127\.0\.0\.1:{port}")
+        port = listening_port(server, TLS_ON_LOOPBACK)
         yield server, port, cert_dir / "local-ca.pem"
 
 
@@ -267,17 +274,20 @@ def test_backend_fin_becomes_close_notify_and_the_client_may_still_send(
 @pytest.mark.integration
 def test_backend_that_stops_reading_bounds_the_proxy_memory(tmp_path: Path) -> None:
     release = threading.Event()
+    warmed_up = threading.Event()
 
     def slow_reader(conn: socket.socket, record: dict[str, object]) -> None:
+        first = conn.recv(7)  # the warm-up: the relay is in place
+        warmed_up.set()
         release.wait(30)
-        record["bytes"] = len(read_until_eof(conn))
+        record["bytes"] = len(first) + len(read_until_eof(conn))
         conn.close()
 
     with backend(slow_reader) as server, proxy(tmp_path, server.endpoint) as (membio, port, ca):
         client = TLSClient(port, ca)
         pid = membio.process.pid
         client.send(b"warm-up")
-        time.sleep(0.3)
+        assert warmed_up.wait(10), "the warm-up never reached the backend"
         before = rss_kib(pid)
         set_io_timeout(client.raw, 1.0)
         # One TLS record per write, so that a write that times out is the
@@ -330,12 +340,12 @@ def test_client_that_stops_reading_bounds_the_proxy_memory(tmp_path: Path) -> No
         pid = membio.process.pid
         try:
             client.send(b"go")
-            time.sleep(0.5)
+            # Backpressure is in place once the backend can write no more.
+            assert _stalls(lambda: written[0], for_seconds=1.0, timeout=20), written[0]
             before = rss_kib(pid)
-            time.sleep(3)
-            grown = rss_kib(pid) - before
             first = written[0]
-            time.sleep(1)
+            time.sleep(2)  # a window to measure growth in, not a wait for anything
+            grown = rss_kib(pid) - before
             assert written[0] - first < 1024 * 1024, "the backend was still being read"
             assert written[0] < 64 * 1024 * 1024, written[0]
             assert grown < 16 * 1024, f"proxy RSS grew by {grown} KiB"
@@ -350,13 +360,31 @@ def test_client_that_stops_reading_bounds_the_proxy_memory(tmp_path: Path) -> No
         server.wait_for(1)
 
 
+def _stalls(value: Callable[[], int], *, for_seconds: float, timeout: float) -> bool:
+    """Wait until C{value()} stops changing for C{for_seconds}."""
+    deadline = time.monotonic() + timeout
+    last, since = value(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = value()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= for_seconds:
+            return True
+    return False
+
+
 # ------------------------------------------------------------------ backend down
 
 
 @pytest.mark.integration
 def test_backend_down_gives_the_client_a_clean_close_and_a_log_line(tmp_path: Path) -> None:
-    dead = free_port()  # nothing listens there
-    with proxy(tmp_path, f"tcp:127.0.0.1:{dead}") as (membio, port, ca):
+    # Bound but not listening: connections to it are refused, and no other
+    # process can take the port while the test runs.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead = closed.getsockname()[1]
+    with closed, proxy(tmp_path, f"tcp:127.0.0.1:{dead}") as (membio, port, ca):
         client = TLSClient(port, ca)
         client_port = client.address[1]
         try:
@@ -372,10 +400,14 @@ def test_backend_down_gives_the_client_a_clean_close_and_a_log_line(tmp_path: Pa
 
 @pytest.mark.integration
 def test_backend_reset_mid_stream_closes_the_client_cleanly(tmp_path: Path) -> None:
+    delivered = threading.Event()
+
     def reset_after_hello(conn: socket.socket, record: dict[str, object]) -> None:
         record["heard"] = conn.recv(100)
         conn.sendall(b"about to crash")
-        time.sleep(0.2)
+        # A RST can discard bytes the proxy has not read yet: crash once the
+        # client has them, which is what this test is about.
+        delivered.wait(10)
         # SO_LINGER 0: close with a RST, as a crashing backend's kernel does.
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.close()
@@ -386,7 +418,10 @@ def test_backend_reset_mid_stream_closes_the_client_cleanly(tmp_path: Path) -> N
         client = TLSClient(port, ca)
         try:
             client.send(b"hello")
-            data, ending = client.read_to_end()
+            first = client.read_exactly(len(b"about to crash"))
+            delivered.set()
+            rest, ending = client.read_to_end()
+            data = first + rest
         finally:
             client.close()
         membio.wait_for_log(r"backend tcp:127\.0\.0\.1:\d+ dropped the connection of client")

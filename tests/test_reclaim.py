@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from twisted.internet.task import Clock
 
 from membio_transport import TLSState
@@ -186,3 +187,84 @@ def test_a_closed_connection_leaves_no_cycle_through_its_openssl_connection() ->
     pair.flush()
     assert pair.server.lost is not None
     assert handle.get_app_data() is None
+
+
+@pytest.mark.parametrize("failing", ["incoming", "outgoing"])
+def test_running_out_of_memory_for_new_bios_keeps_the_old_ones(
+    failing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    BIO_new failing (no memory) during a release: nothing is swapped, the
+    BIO that was made is freed again, and the session carries on.
+    """
+    from membio_transport import _record_io
+
+    client, server = engine_pair(make_pki("ecdsa"))
+    pump(client, server)
+    connection = client.engine.connection
+    before = (connection._into_ssl, connection._from_ssl)  # type: ignore[attr-defined]
+    real_new, real_free = _record_io._BIO_new, _record_io._BIO_free
+    made: list[object] = []
+    freed: list[object] = []
+
+    def bio_new(method: object) -> object:
+        if len(made) == (0 if failing == "incoming" else 1):
+            null = _record_io._ffi.cast("BIO *", 0)  # as C returns it: not the module's NULL
+            made.append(null)
+            return null
+        bio = real_new(method)
+        made.append(bio)
+        return bio
+
+    def bio_free(bio: object) -> int:
+        freed.append(bio)
+        return int(real_free(bio))
+
+    monkeypatch.setattr(_record_io, "_BIO_new", bio_new)
+    monkeypatch.setattr(_record_io, "_BIO_free", bio_free)
+    assert client.engine.release_buffers() is False
+    assert (connection._into_ssl, connection._from_ssl) == before  # type: ignore[attr-defined]
+    assert freed == [bio for bio in made if bio != _record_io._NULL] and len(freed) == 1
+    monkeypatch.undo()
+    client.engine.send(b"still fine")
+    pump(client, server)
+    assert server.received == b"still fine"
+
+
+def test_the_scratch_buffer_is_never_smaller_than_asked() -> None:
+    from membio_transport._record_io import _ffi, _Scratch
+
+    scratch = _Scratch()
+    for size in (1, 5, 65536, 65537, 300_000, 10):
+        buffer = scratch(size)
+        assert buffer != _ffi.NULL
+        assert _ffi.sizeof(buffer) >= size
+
+
+class _StubConnection:
+    """Just enough of an SSL.Connection for PublicRecordIO.drain: a BIO of bytes."""
+
+    def __init__(self, pending: bytes) -> None:
+        self.pending = pending
+        self.reads = 0
+
+    def bio_read(self, size: int) -> bytes:
+        from OpenSSL import SSL
+
+        self.reads += 1
+        if not self.pending:
+            raise SSL.WantReadError()
+        data, self.pending = self.pending[:size], self.pending[size:]
+        return data
+
+
+@pytest.mark.parametrize(("size", "reads"), [(0, 1), (100, 1), (256 * 1024, 2), (512 * 1024, 3),
+                                             (600_000, 3)])
+def test_the_public_drain_reads_until_the_bio_is_empty(size: int, reads: int) -> None:
+    """Exact multiples of the read size need one read more, to learn the BIO is empty."""
+    from membio_transport._record_io import PublicRecordIO
+
+    data = os.urandom(size)
+    stub = _StubConnection(data)
+    assert PublicRecordIO(stub).drain() == data  # type: ignore[arg-type]
+    assert stub.pending == b"" and stub.reads == reads

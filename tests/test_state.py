@@ -1,43 +1,77 @@
 """
-The state table is the documentation of a connection's lifecycle; these
-tests hold the table and the engine to each other.
+The state table is the documentation of a connection's lifecycle: these
+tests read it from the README ("Connection states") and hold the code's
+table, its guard and the engine to it.  The oracle is the documented table,
+never `TRANSITIONS` itself, so a change to the code's table that the
+documentation does not share fails here.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from membio_transport import Event, TLSState, TLSStateError
+from membio_transport import TLSConnectionError, TLSState, TLSStateError, _engine
 from membio_transport._engine import TLSEngine
-from membio_transport._state import TRANSITIONS, check_transition
+from membio_transport._state import CAN_RECEIVE, CAN_SEND, TRANSITIONS, check_transition
 
 from ._engines import Side, engine_pair
 from ._pki import make_pki
+from ._readme import table
+
+
+def _states(cell: str) -> frozenset[TLSState]:
+    if cell == "nothing":
+        return frozenset()
+    return frozenset(TLSState(name.strip().strip("`")) for name in cell.split(","))
+
+
+_ROWS = {TLSState(row["state"].strip("`")): row for row in table("Connection states")}
+#: The documented legal moves, as the README states them.
+DOCUMENTED: dict[TLSState, frozenset[TLSState]] = {
+    state: _states(row["may move to"]) for state, row in _ROWS.items()
+}
+#: States in which the README says the application may send / data may arrive.
+MAY_SEND = frozenset(s for s, row in _ROWS.items() if row["application may send"].startswith("yes"))
+MAY_RECEIVE = frozenset(s for s, row in _ROWS.items() if row["peer data may arrive"] == "yes")
 
 ALL_PAIRS = list(itertools.product(TLSState, TLSState))
 
 
+def test_the_readme_documents_every_state_once() -> None:
+    assert set(_ROWS) == set(TLSState)
+    assert len(table("Connection states")) == len(TLSState)
+
+
+def test_the_code_table_is_the_documented_table() -> None:
+    assert dict(TRANSITIONS) == DOCUMENTED
+    assert CAN_SEND == MAY_SEND
+    assert CAN_RECEIVE == MAY_RECEIVE
+
+
 @pytest.mark.parametrize(("current", "new"), ALL_PAIRS, ids=lambda s: s.value)
-def test_only_the_listed_transitions_are_legal(current: TLSState, new: TLSState) -> None:
-    if new in TRANSITIONS[current]:
+def test_the_guard_allows_exactly_the_documented_moves(current: TLSState, new: TLSState) -> None:
+    if new in DOCUMENTED[current]:
         assert check_transition(current, new) is new
     else:
-        with pytest.raises(TLSStateError, match=f"{current.value} -> {new.value}"):
+        expected = f"^illegal TLS state transition {current.value} -> {new.value}$"
+        with pytest.raises(TLSStateError, match=expected):
             check_transition(current, new)
 
 
 def test_closed_and_failed_are_terminal_and_every_state_can_end() -> None:
-    assert TRANSITIONS[TLSState.CLOSED] == frozenset()
-    assert TRANSITIONS[TLSState.FAILED] == frozenset()
+    assert DOCUMENTED[TLSState.CLOSED] == frozenset()
+    assert DOCUMENTED[TLSState.FAILED] == frozenset()
     for state in TLSState:
         reachable = {state}
         frontier = [state]
         while frontier:
-            for nxt in TRANSITIONS[frontier.pop()]:
+            for nxt in DOCUMENTED[frontier.pop()]:
                 if nxt not in reachable:
                     reachable.add(nxt)
                     frontier.append(nxt)
@@ -53,36 +87,49 @@ OPERATIONS = ["client_send", "server_send", "client_close", "server_close", "cli
 def test_no_sequence_of_calls_drives_the_engine_off_the_table(operations: list[str]) -> None:
     """
     Whatever the application and the network do, in any order, the engine
-    only moves along the table, and misuse is a TLSStateError, never an
-    AttributeError or an OpenSSL error leaking out.
+    only moves along the documented table.  The guard never fires (an
+    "illegal transition" is a bug in the engine, never an acceptable
+    outcome), sending raises `TLSStateError` exactly in the states where the
+    table says the application may not send, and the peer's misbehaviour is
+    a `TLSConnectionError` that leaves the engine FAILED, never anything else.
     """
     client, server = engine_pair(make_pki("ecdsa"))
     sides = {"client": client, "server": server}
-    history: dict[str, list[TLSState]] = {"client": [], "server": []}
+    moves: list[tuple[TLSState, TLSState]] = []
+
+    def guard(current: TLSState, new: TLSState) -> TLSState:
+        # Every move the engine makes, one by one, against the documentation.
+        moves.append((current, new))
+        return check_transition(current, new)
 
     def record() -> None:
-        for name, side in sides.items():
-            states = history[name]
-            if not states or states[-1] is not side.engine.state:
-                if states:
-                    assert side.engine.state in TRANSITIONS[states[-1]], (states, operations)
-                states.append(side.engine.state)
+        off_table = [(a.value, b.value) for a, b in moves if b not in DOCUMENTED[a]]
+        assert not off_table, (off_table, operations)
 
     def drain(side: Side) -> None:
         if side.engine.state is TLSState.FAILED:
             return
         try:
-            while True:
-                event = side.engine.next_event()
-                # After every event: one read can cross several states (the
-                # handshake's last flight followed by close_notify).
-                record()
-                if event is Event.NEED_DATA or event is Event.PEER_CLOSED:
-                    return
-        except Exception as error:  # the peer-error family only
-            assert isinstance(error, TLSStateError) or hasattr(error, "reason"), error
+            side.drain_events()
+        except TLSStateError as error:
+            raise AssertionError(f"the engine broke its own table: {error}") from error
+        except TLSConnectionError:  # the peer-error family: the engine failed
+            assert side.engine.state is TLSState.FAILED
 
-    record()
+    with mock.patch.object(_engine, "check_transition", guard):
+        _run(operations, sides, drain, record)
+    assert {side.engine.state for side in sides.values()} <= {b for _a, b in moves} | {
+        TLSState.HANDSHAKING
+    }
+
+
+def _run(
+    operations: list[str],
+    sides: dict[str, Side],
+    drain: Callable[[Side], None],
+    record: Callable[[], None],
+) -> None:
+    client, server = sides["client"], sides["server"]
     for op in operations:
         who, _, action = op.partition("_")
         if action == "":
@@ -95,9 +142,11 @@ def test_no_sequence_of_calls_drives_the_engine_off_the_table(operations: list[s
                 record()
             continue
         engine: TLSEngine = sides[who].engine
+        before = engine.state
         try:
             if action == "send":
                 engine.send(b"payload")
+                assert before in MAY_SEND, f"sent in {before.value}"
             elif action == "close":
                 engine.close()
             elif action == "abort":
@@ -105,8 +154,11 @@ def test_no_sequence_of_calls_drives_the_engine_off_the_table(operations: list[s
             elif action == "eof":
                 engine.receive_eof()
                 drain(sides[who])
-        except TLSStateError:
-            pass
-        except Exception as error:
-            assert hasattr(error, "reason"), error
+        except TLSStateError as error:
+            # The one misuse the table defines: sending where it says "no".
+            assert action == "send", error
+            assert before not in MAY_SEND, error
+            assert str(error) == f"cannot send application data in state {before.value}"
+        except TLSConnectionError:
+            assert engine.state is TLSState.FAILED
         record()

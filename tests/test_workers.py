@@ -42,8 +42,10 @@ from ._deploy_helpers import (
 )
 from ._plugin_helpers import (
     REPO,
+    TLS_ON_LOOPBACK,
     Server,
     free_port,
+    listening_port,
     private_home,  # noqa: F401 (a fixture)
     running,
     subprocess_env,
@@ -61,14 +63,14 @@ def https_workers(
     tmp_path: Path, count: int, *extra: str
 ) -> Iterator[tuple[Server, int, Path]]:
     """``membio-https --workers count``; yields once every worker has started."""
-    port, cert_dir = free_port(), tmp_path / "certs"
+    cert_dir = tmp_path / "certs"
     own = "--cert" in extra
     command = [
-        *twistd_command(), "-n", "--pidfile=", "membio-https", "--port", str(port),
+        *twistd_command(), "-n", "--pidfile=", "membio-https", "--port", "0",
         *([] if own else ["--cert-dir", str(cert_dir)]), "--workers", str(count), *extra,
     ]
     with running(command, tmp_path, subprocess_env(tmp_path / "home")) as server:
-        server.wait_for_log(r"ready: open https://localhost:")
+        port = listening_port(server, r"ready: open https://localhost:(\d+)/")
         wait_for_workers(server, count)
         server.wait_for_port(port)
         yield server, port, cert_dir / "local-ca.pem"
@@ -246,7 +248,8 @@ def test_sigterm_lets_a_slow_download_finish_and_closes_idle_connections(
         assert len(body) == len(big), (len(body), took)
         assert hashlib.sha256(body).digest() == hashlib.sha256(big).digest()
         assert took > 1.5, "the download was not slow: the test proves nothing"
-        assert idle_closed_after is not None and idle_closed_after < 1.5, idle_closed_after
+        # At once, not after the 15 s grace period.
+        assert idle_closed_after is not None and idle_closed_after < 5.0, idle_closed_after
         # No longer accepting while the download was finishing.
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -311,13 +314,14 @@ def test_certificate_reload_replaces_the_workers(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_membio_tls_with_workers_relays_from_every_worker(tmp_path: Path) -> None:
-    port, cert_dir = free_port(), tmp_path / "certs"
+    cert_dir = tmp_path / "certs"
     with backend(echo_handler) as echo:
         command = membio_tls_command(
-            twistd_command(), "--port", str(port), "--backend", echo.endpoint,
+            twistd_command(), "--port", "0", "--backend", echo.endpoint,
             "--cert-dir", str(cert_dir), "--workers", "2",
         )
         with running(command, tmp_path, subprocess_env(tmp_path / "home")) as server:
+            port = listening_port(server, TLS_ON_LOOPBACK)
             pids = list(wait_for_workers(server, 2).values())
             server.wait_for_port(port)
             served = Counter()
