@@ -23,7 +23,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -99,6 +100,32 @@ def _context(ca: Path) -> ssl.SSLContext:
     return context
 
 
+#: Connections opened at once per round when spreading them over workers.
+_BATCH = 8
+#: Rounds before giving up: a worker that never accepts in this many is a bug.
+_ROUNDS = 25
+
+
+def spread_over(pids: Iterable[int], connect: Callable[[], int | None]) -> Counter[int | None]:
+    """
+    Run C{connect} (one connection; returns the pid that served it) in
+    concurrent batches until every worker of C{pids} served one, or give up
+    after `_ROUNDS` batches.  The kernel hands a shared socket's connections
+    to whichever worker accepts first: one after the other, the same idle
+    worker may win every time; several handshakes at once keep one busy
+    while the other accepts.
+    """
+    wanted = set(pids)
+    served: Counter[int | None] = Counter()
+    with ThreadPoolExecutor(_BATCH) as pool:
+        for _ in range(_ROUNDS):
+            for owner in pool.map(lambda _: connect(), range(_BATCH)):
+                served[owner] += 1
+            if wanted <= set(served):
+                break
+    return served
+
+
 def fetch(
     port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None,
     owners: list[int] | None = None, path: str = "/",
@@ -150,15 +177,17 @@ def test_sessions_resume_on_every_worker(tmp_path: Path) -> None:
         context = _context(ca)
         body, session, resumed, first = fetch(port, context, owners=pids)
         assert b"TLS" in body and not resumed and session is not None
-        served: Counter[int | None] = Counter([first])
-        outcomes = []
-        for _ in range(30):
+        outcomes: list[bool] = []
+
+        def reconnect() -> int | None:
             _, _, resumed, owner = fetch(port, context, session, pids)
             outcomes.append(resumed)
-            served[owner] += 1
-        assert all(outcomes), f"{outcomes.count(False)} of 30 reconnections were not resumed"
-        # The kernel hands connections to whichever worker accepts first:
-        # both get some, and the other one resumes the session too.
+            return owner
+
+        served = spread_over(pids, reconnect)
+        served[first] += 1
+        assert all(outcomes), f"{outcomes.count(False)} of {len(outcomes)} were not resumed"
+        # Both workers accept some, and the other one resumes the session too.
         assert set(served) == set(pids), served
 
 
@@ -185,11 +214,12 @@ def test_a_killed_worker_is_replaced_and_service_continues(tmp_path: Path) -> No
         assert after[1] == before[1] and after[0] != before[0]
         assert sorted(children(server.process.pid)) == sorted(after.values())
         # The new worker was forked from the same parent: same ticket keys.
-        resumed_on = Counter()
-        for _ in range(20):
+        def reconnect() -> int | None:
             _, _, resumed, owner = fetch(port, context, session, list(after.values()))
             assert resumed
-            resumed_on[owner] += 1
+            return owner
+
+        resumed_on = spread_over([after[0]], reconnect)
         assert after[0] in resumed_on, resumed_on
 
 
@@ -299,12 +329,14 @@ def test_certificate_reload_replaces_the_workers(tmp_path: Path) -> None:
         after = wait_for_workers(server, 2)
         assert sorted(children(server.process.pid)) == sorted(after.values())
         context = _context(second.trust_path)
-        served_by: Counter[int | None] = Counter()
         _, session, _, _ = fetch(port, context)
-        for _ in range(12):
+
+        def reconnect() -> int | None:
             _, _, resumed, owner = fetch(port, context, session, list(after.values()))
             assert resumed
-            served_by[owner] += 1
+            return owner
+
+        served_by = spread_over(after.values(), reconnect)
         assert set(served_by) == set(after.values()), served_by
         assert server.process.poll() is None
 
@@ -324,16 +356,21 @@ def test_membio_tls_with_workers_relays_from_every_worker(tmp_path: Path) -> Non
             port = listening_port(server, TLS_ON_LOOPBACK)
             pids = list(wait_for_workers(server, 2).values())
             server.wait_for_port(port)
-            served = Counter()
-            for index in range(16):
+            messages = iter(range(10**6))
+
+            def relay_one() -> int | None:
+                message = b"message %d" % next(messages)
                 client = TLSClient(port, cert_dir / "local-ca.pem")
                 try:
-                    served[socket_owner(port, client.address[1], pids)] += 1
-                    client.send(b"message %d" % index)
+                    owner = socket_owner(port, client.address[1], pids)
+                    client.send(message)
                     client.close_notify()
-                    assert client.read_to_end() == (b"message %d" % index, "close_notify")
+                    assert client.read_to_end() == (message, "close_notify")
                 finally:
                     client.close()
+                return owner
+
+            served = spread_over(pids, relay_one)
             assert set(served) == set(pids), served
 
 
