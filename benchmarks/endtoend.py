@@ -145,7 +145,7 @@ def _write_certificate(directory: Path) -> tuple[Path, Path]:
     A self-signed ECDSA P-256 leaf for localhost and 127.0.0.1 (clients use
     it as CA), made by the project's own certificate factory.
     """
-    from membio_transport._certs import ensure_certificate
+    from membio_transport.certs import ensure_certificate
 
     made = ensure_certificate(directory / "state", [HOSTNAME, "127.0.0.1"], mode="self-signed")
     return made.cert_path, made.key_path

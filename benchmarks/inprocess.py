@@ -131,7 +131,7 @@ def make_certificate() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     A fresh ECDSA P-256 self-signed certificate for ``localhost``, in memory,
     from the project's own certificate factory.
     """
-    from membio_transport._certs import generate_leaf
+    from membio_transport.certs import generate_leaf
 
     certificate, key = generate_leaf([HOSTNAME], "ecdsa")
     assert isinstance(key, ec.EllipticCurvePrivateKey)

@@ -23,11 +23,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     from twisted.application.service import ServiceMaker
     from twisted.scripts import twistd
 
-    from . import tap
+    from .https import tap
 
     maker = ServiceMaker(
         "membio-https",
-        "membio_transport.tap",
+        "membio_transport.https.tap",
         "HTTPS server with a generated, trusted-once certificate",
         "membio-https",
     )

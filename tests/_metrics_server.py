@@ -19,7 +19,7 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from membio_transport import MemoryBIOTLSFactory, ServerTLSOptions, TLSStats, server_context
-from membio_transport._certs import load_certificate
+from membio_transport.certs import load_certificate
 from membio_transport.observe import MetricSources, listen_metrics
 
 

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from membio_transport._certs import generate_leaf, generate_root_ca
-from membio_transport._x509 import _pem_cert, _pem_key
+from membio_transport.certs import generate_leaf, generate_root_ca, pem_cert, pem_key
 
 from ._plugin_helpers import free_port
 
@@ -93,9 +92,9 @@ class PebbleCA:
         root, root_key = generate_root_ca()
         leaf, leaf_key = generate_leaf(["127.0.0.1", "localhost"], issuer=(root, root_key))
         self.ca_file = workdir / "pebble-tls-ca.pem"
-        self.ca_file.write_bytes(_pem_cert(root))
-        (workdir / "pebble-tls.pem").write_bytes(_pem_cert(leaf))
-        (workdir / "pebble-tls-key.pem").write_bytes(_pem_key(leaf_key))
+        self.ca_file.write_bytes(pem_cert(root))
+        (workdir / "pebble-tls.pem").write_bytes(pem_cert(leaf))
+        (workdir / "pebble-tls-key.pem").write_bytes(pem_key(leaf_key))
         config: dict[str, object] = {
             "listenAddress": f"127.0.0.1:{self.acme_port}",
             "managementListenAddress": f"127.0.0.1:{self.management_port}",

@@ -35,8 +35,6 @@ from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
 from membio_transport import MemoryBIOTLSFactory
-from membio_transport._certs import ensure_certificate
-from membio_transport._options import ServerTLSOptions, server_context
 from membio_transport.acme import (
     ACME_TLS_ALPN_PROTOCOL,
     AccountUnknown,
@@ -61,6 +59,8 @@ from membio_transport.acme import (
 from membio_transport.acme._client import _parse_retry_after
 from membio_transport.acme._errors import CAProblem, from_problem
 from membio_transport.acme._policy import renewal_time, retry_delay
+from membio_transport.certs import ensure_certificate
+from membio_transport.tls import ServerTLSOptions, server_context
 
 T0 = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
 DAY = datetime.timedelta(days=1)

@@ -30,8 +30,6 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from membio_transport import MemoryBIOTLSFactory
-from membio_transport._certs import ServerCertificate, ensure_certificate
-from membio_transport._options import ServerTLSOptions, server_context
 from membio_transport.acme import (
     AcmeConfig,
     AcmeManager,
@@ -44,6 +42,8 @@ from membio_transport.acme import (
     TermsNotAgreed,
     TLSALPNResponder,
 )
+from membio_transport.certs import ServerCertificate, ensure_certificate
+from membio_transport.tls import ServerTLSOptions, server_context
 
 from ._pebble import PebbleCA, needs_pebble, running_pebble
 

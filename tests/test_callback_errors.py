@@ -42,7 +42,7 @@ from membio_transport import (
     TLSState,
     TLSStateError,
 )
-from membio_transport._callbacks import Capture
+from membio_transport.tls._callbacks import Capture
 
 from ._engines import Side, pump
 from ._pki import make_pki
@@ -278,7 +278,7 @@ class FlushLoggedErrorsTests(SynchronousTestCase):
 def test_a_key_log_that_cannot_write_stops_with_one_warning(
     tmp_path: Path, log_events: list[LogEvent]
 ) -> None:
-    from membio_transport._options import KeyLog
+    from membio_transport.tls import KeyLog
 
     class FullDisk:
         def write(self, data: bytes) -> int:
@@ -381,7 +381,7 @@ class _Collect(protocol.Protocol):
 #: Loaded by membio-https through PYTHONPATH: our SNI directory lookup raises
 #: for one name, as a bug in it would.
 _SITECUSTOMIZE = '''
-from membio_transport import _sni
+from membio_transport.serving import _sni
 
 _context_for = _sni.CertificateSet.context_for
 

@@ -1,4 +1,4 @@
-"""Tests for membio_transport._certs: generated, stored, renewed and user-supplied certificates.
+"""Tests for membio_transport.certs: generated, stored, renewed and user-supplied certificates.
 
 Every test works in tmp_path with a fixed host name; nothing touches the real home directory.
 """
@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL
 
-from membio_transport import _certs
-from membio_transport._certs import (
+from membio_transport import certs as _certs
+from membio_transport.certs import (
     CertificateError,
     ServerCertificate,
     default_cert_dir,

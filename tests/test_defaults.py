@@ -22,11 +22,11 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from membio_transport import MemoryBIOTLSFactory, TLSEngine, tap, wrapServerTLS
-from membio_transport._endpoint import DEFAULT_BACKLOG, TLSServerEndpoint, parse_server
-from membio_transport._engine import DEFAULT_SEND_BUFFER_LIMIT
-from membio_transport._factory import DEFAULT_CLOSE_TIMEOUT
-from membio_transport._policy import HARDENED_HANDSHAKE_TIMEOUT as DEFAULT_HANDSHAKE_TIMEOUT
+from membio_transport import MemoryBIOTLSFactory, TLSEngine, wrapServerTLS
+from membio_transport.https import tap
+from membio_transport.serving import DEFAULT_BACKLOG, TLSServerEndpoint, parse_server
+from membio_transport.tls import DEFAULT_CLOSE_TIMEOUT, DEFAULT_SEND_BUFFER_LIMIT
+from membio_transport.tls import HARDENED_HANDSHAKE_TIMEOUT as DEFAULT_HANDSHAKE_TIMEOUT
 
 from ._pki import make_pki
 from .test_parity import App, server_options
@@ -83,7 +83,7 @@ def _membio_https(tmp_path: Path) -> Any:
 
 
 def _membio_tls(tmp_path: Path) -> Any:
-    from membio_transport import proxy_tap
+    from membio_transport.proxy import tap as proxy_tap
 
     options = proxy_tap.Options()
     options.parseOptions(
@@ -169,8 +169,8 @@ def test_the_bare_factory_applies_the_limits_it_is_given() -> None:
 
 def test_membio_https_policies_off_unless_asked(tmp_path: Path, private_home: None) -> None:
     """HSTS off, no connection cap, no idle timeout, reload polling every 5 s."""
-    from membio_transport._reload import DEFAULT_POLL_INTERVAL
-    from membio_transport._site import DEFAULT_HSTS_MAX_AGE
+    from membio_transport.https import DEFAULT_HSTS_MAX_AGE
+    from membio_transport.serving import DEFAULT_POLL_INTERVAL
 
     options = tap.Options()
     options.parseOptions(["--port", "0", "--cert-dir", str(tmp_path / "certs")])

@@ -35,8 +35,8 @@ from membio_transport import (
     wrapClientTLS,
     wrapServerTLS,
 )
-from membio_transport._endpoint import TLSServerEndpoint
-from membio_transport._errors import describe
+from membio_transport.serving import TLSServerEndpoint
+from membio_transport.tls import describe
 
 from ._pki import make_pki
 from .test_parity import App, client_options, connect, server_options

@@ -28,8 +28,8 @@ from twisted.internet.endpoints import (
 from twisted.python.failure import Failure
 
 from membio_transport import MemoryBIOTLSProtocol
-from membio_transport._certs import ensure_certificate
-from membio_transport._endpoint import TLSServerEndpoint, parse_server
+from membio_transport.certs import ensure_certificate
+from membio_transport.serving import TLSServerEndpoint, parse_server
 
 from ._plugin_helpers import REPO
 

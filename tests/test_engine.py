@@ -23,10 +23,9 @@ from membio_transport import (
     TLSState,
     TLSStateError,
     TLSTruncationError,
-    _engine,
-    _record_io,
 )
-from membio_transport._record_io import DirectRecordIO, PublicRecordIO, record_io
+from membio_transport.tls import _engine, _record_io
+from membio_transport.tls._record_io import DirectRecordIO, PublicRecordIO, record_io
 
 from ._engines import Side, StdlibPeer, engine_pair, pump, pump_with_stdlib
 from ._pki import LONG_CHAIN_DER_BYTES, PKI, KeyType, make_pki
@@ -604,7 +603,7 @@ def test_a_write_refused_during_renegotiation_is_retried_unchanged_and_delivered
 
 
 def test_the_reason_skips_openssls_generic_summary_line() -> None:
-    from membio_transport._errors import describe
+    from membio_transport.tls import describe
 
     error = SSL.Error(
         [

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from membio_transport._certs import ensure_certificate
+from membio_transport.certs import ensure_certificate
 
 from ._plugin_helpers import REPO, Server, free_port, running, subprocess_env, twistd_command
 

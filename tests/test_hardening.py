@@ -31,7 +31,7 @@ import pytest
 from OpenSSL import SSL
 from OpenSSL._util import lib as openssl_lib
 
-from membio_transport import tap
+from membio_transport.https import tap
 
 from ._abuse_helpers import (
     Issued,
@@ -753,7 +753,7 @@ def test_listen_and_membio_endpoints_get_the_backlog_too(
 ) -> None:
     from twisted.internet import reactor
 
-    from membio_transport._endpoint import parse_server
+    from membio_transport.serving import parse_server
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
@@ -847,7 +847,7 @@ def log_lines() -> Iterator[list[str]]:
 def test_connection_limit_logs_one_line_per_burst(log_lines: list[str]) -> None:
     from twisted.internet.task import Clock
 
-    from membio_transport._limits import BURST_GAP, BURST_REPORT_EVERY, ConnectionLimit
+    from membio_transport.serving import BURST_GAP, BURST_REPORT_EVERY, ConnectionLimit
 
     clock = Clock()
     limit = ConnectionLimit(2, clock=clock)
@@ -877,9 +877,8 @@ def test_reloader_polls_and_keeps_the_old_context_on_failure(
 ) -> None:
     from twisted.internet.task import Clock
 
-    from membio_transport._certs import load_certificate
-    from membio_transport._reload import CertificateReloader
-    from membio_transport._sni import TLSSetup
+    from membio_transport.certs import load_certificate
+    from membio_transport.serving import CertificateReloader, TLSSetup
 
     ca = make_ca("unit CA")
     cert, key = issue(ca, ["localhost"]).write(tmp_path, "server")
@@ -911,8 +910,8 @@ def test_reloader_polls_and_keeps_the_old_context_on_failure(
 
 
 def test_sni_lookup_rules(tmp_path: Path) -> None:
-    from membio_transport._certs import load_certificate
-    from membio_transport._sni import CertificateFiles, TLSSetup
+    from membio_transport.certs import load_certificate
+    from membio_transport.serving import CertificateFiles, TLSSetup
 
     ca = make_ca("unit CA")
     default_files = issue(ca, ["www.example.test", "localhost"]).write(tmp_path, "default")

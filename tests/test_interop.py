@@ -39,7 +39,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from membio_transport import MemoryBIOTLSFactory, tls_failure_reason
-from membio_transport._options import ServerTLSOptions, server_context
+from membio_transport.tls import ServerTLSOptions, server_context
 
 from ._interop_helpers import (
     OPENSSL_MAX_CERT_LIST,

@@ -75,11 +75,11 @@ def test_every_module_to_mutate_and_every_test_file_exists() -> None:
 
 def test_a_small_session_kills_state_table_mutants(tmp_path: Path) -> None:
     session = mutation.run_module(
-        "membio_transport/_state.py", tmp_path, operators="AddSetMember", limit=2,
+        "membio_transport/tls/_state.py", tmp_path, operators="AddSetMember", limit=2,
         only=("tests/test_state.py",),
     )
-    report = mutation.describe("membio_transport/_state.py", session)
-    assert report.startswith("membio_transport/_state.py: killed 2/2 (100.0%;"), report
+    report = mutation.describe("membio_transport/tls/_state.py", session)
+    assert report.startswith("membio_transport/tls/_state.py: killed 2/2 (100.0%;"), report
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 
-from membio_transport._certs import ServerCertificate, generate_leaf
+from membio_transport.certs import ServerCertificate, generate_leaf
 from membio_transport.observe import CHECK_INTERVAL, ExpiryWatch
 
 #: The fake clock's "now": any fixed moment works.

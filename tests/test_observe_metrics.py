@@ -30,7 +30,7 @@ from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 
 from membio_transport import HARDENED, MemoryBIOTLSFactory, TLSStats
-from membio_transport._certs import ServerCertificate
+from membio_transport.certs import ServerCertificate
 from membio_transport.observe import (
     DURATION_BUCKETS,
     FAILURE_KINDS,

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from membio_transport._certs import generate_leaf, generate_root_ca
+from membio_transport.certs import generate_leaf, generate_root_ca
 
 from ._plugin_helpers import REPO, free_port, subprocess_env
 

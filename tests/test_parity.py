@@ -40,7 +40,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from membio_transport import MemoryBIOTLSFactory
-from membio_transport._factory import DEFAULT_CLOSE_TIMEOUT
+from membio_transport.tls import DEFAULT_CLOSE_TIMEOUT
 
 from ._pki import LONG_CHAIN_DER_BYTES, PKI, make_pki
 

@@ -25,8 +25,8 @@ from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.error import CannotListenError
 from twisted.web.test.requesthelper import DummyRequest
 
-from membio_transport import tap
-from membio_transport._info_page import prefers_html
+from membio_transport.https import RedirectToHTTPS, default_alpn, prefers_html, tap
+from membio_transport.serving import Listener, exit_status_one, listen_error
 
 from ._plugin_helpers import (  # noqa: F401 (private_home is a fixture)
     HTTPS_READY,
@@ -154,7 +154,7 @@ def user_files(tmp_path: Path) -> _Files:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from membio_transport._certs import ensure_certificate
+    from membio_transport.certs import ensure_certificate
 
     generated = ensure_certificate(tmp_path / "gen", ())
     key = serialization.load_pem_private_key(generated.key_path.read_bytes(), None)
@@ -239,14 +239,14 @@ def test_certificate_errors_are_one_line(user_files: _Files, tmp_path: Path) -> 
 # --------------------------------------------------------------------- messages
 
 
-def _listener(label: str = "127.0.0.1:443", option: str = "--port") -> tap._Listener:
-    return tap._Listener(label, None, option)  # type: ignore[arg-type]
+def _listener(label: str = "127.0.0.1:443", option: str = "--port") -> Listener:
+    return Listener(label, None, option)  # type: ignore[arg-type]
 
 
 def test_listen_error_messages_say_why_and_what_to_do() -> None:
     def refused(code: int, port: int = 443) -> str:
         error = CannotListenError("127.0.0.1", port, OSError(code, os.strerror(code)))
-        return tap._listen_error(error, _listener(f"127.0.0.1:{port}"))
+        return listen_error(error, _listener(f"127.0.0.1:{port}"))
 
     privileged = refused(errno.EACCES)
     assert privileged.startswith("cannot listen on 127.0.0.1:443: permission denied")
@@ -316,7 +316,7 @@ def test_late_listen_failure_stops_with_one_line_and_status_1(
         )
     finally:
         globalLogPublisher.removeObserver(logged.append)
-    assert service._reactor.stopped and hooks == [tap._exit_status_one]
+    assert service._reactor.stopped and hooks == [exit_status_one]
     # (Twisted also copies critical events to stderr while logging is not started.)
     ours = [
         line for line in capfd.readouterr().err.splitlines()
@@ -353,9 +353,9 @@ def test_http2_is_offered_only_when_twisted_web_can_speak_it(
     from twisted.web import http
 
     monkeypatch.setattr(http, "H2_ENABLED", False, raising=False)
-    assert tap._alpn_protocols() == [b"http/1.1"]
+    assert default_alpn() == [b"http/1.1"]
     monkeypatch.setattr(http, "H2_ENABLED", True, raising=False)
-    assert tap._alpn_protocols() == [b"h2", b"http/1.1"]
+    assert default_alpn() == [b"h2", b"http/1.1"]
 
 
 def test_the_page_finds_tls_under_http1_and_http2_channels() -> None:
@@ -363,7 +363,7 @@ def test_the_page_finds_tls_under_http1_and_http2_channels() -> None:
 
     from OpenSSL import SSL
 
-    from membio_transport._info_page import find_tls_connection
+    from membio_transport.https import find_tls_connection
 
     connection = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
     tls = SimpleNamespace(getHandle=lambda: connection)
@@ -406,7 +406,7 @@ def test_html_only_for_clients_that_prefer_it(accept: str | None, html: bool) ->
 def test_redirect_keeps_host_path_and_query(
     method: bytes, host: bytes | None, location: str, code: int
 ) -> None:
-    resource = tap._RedirectToHTTPS("localhost")
+    resource = RedirectToHTTPS("localhost")
     resource.https_port = 8443
     request = DummyRequest([b"a", b"b"])
     request.method = method
@@ -639,7 +639,7 @@ def test_python_m_runs_the_plugin_with_listen_and_client_certificates(tmp_path: 
         str(cert_dir), "--listen", f"unix:{quoteStringArgument(str(sock))}",
         "--request-client-cert",
     ]
-    from membio_transport._certs import ensure_certificate
+    from membio_transport.certs import ensure_certificate
 
     client = ensure_certificate(tmp_path / "client-certs", ("curl-client.example",))
     with running(command, tmp_path, subprocess_env(home)) as server:

@@ -25,8 +25,8 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 
-from membio_transport import proxy_tap
-from membio_transport._proxy import proxy_header_v1, proxy_header_v2
+from membio_transport.proxy import proxy_header_v1, proxy_header_v2
+from membio_transport.proxy import tap as proxy_tap
 
 from ._deploy_helpers import (
     TLSClient,

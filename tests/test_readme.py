@@ -14,14 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from membio_transport._endpoint import DEFAULT_BACKLOG
-from membio_transport._engine import DEFAULT_SEND_BUFFER_LIMIT
-from membio_transport._factory import DEFAULT_CLOSE_TIMEOUT
-from membio_transport._policy import HARDENED, TWISTED
-from membio_transport._policy import HARDENED_HANDSHAKE_TIMEOUT as DEFAULT_HANDSHAKE_TIMEOUT
-from membio_transport._protocol import _DRAIN_THRESHOLD
-from membio_transport._reload import DEFAULT_POLL_INTERVAL
-from membio_transport._site import DEFAULT_HSTS_MAX_AGE
+from membio_transport.https import DEFAULT_HSTS_MAX_AGE
+from membio_transport.serving import DEFAULT_BACKLOG, DEFAULT_POLL_INTERVAL
+from membio_transport.tls import DEFAULT_CLOSE_TIMEOUT, DEFAULT_SEND_BUFFER_LIMIT, HARDENED, TWISTED
+from membio_transport.tls import DRAIN_THRESHOLD as _DRAIN_THRESHOLD
+from membio_transport.tls import HARDENED_HANDSHAKE_TIMEOUT as DEFAULT_HANDSHAKE_TIMEOUT
 
 from ._readme import README, named_tests, section, table
 

@@ -13,8 +13,8 @@ import pytest
 from twisted.internet.task import Clock
 
 from membio_transport import TLSState
-from membio_transport._reclaim import BURST_SIZE, BufferReclaimer
-from membio_transport._record_io import record_io
+from membio_transport.tls._reclaim import BURST_SIZE, BufferReclaimer
+from membio_transport.tls._record_io import record_io
 
 from ._engines import engine_pair, pump
 from ._pki import make_pki
@@ -197,7 +197,7 @@ def test_running_out_of_memory_for_new_bios_keeps_the_old_ones(
     BIO_new failing (no memory) during a release: nothing is swapped, the
     BIO that was made is freed again, and the session carries on.
     """
-    from membio_transport import _record_io
+    from membio_transport.tls import _record_io
 
     client, server = engine_pair(make_pki("ecdsa"))
     pump(client, server)
@@ -232,7 +232,7 @@ def test_running_out_of_memory_for_new_bios_keeps_the_old_ones(
 
 
 def test_the_scratch_buffer_is_never_smaller_than_asked() -> None:
-    from membio_transport._record_io import _ffi, _Scratch
+    from membio_transport.tls._record_io import _ffi, _Scratch
 
     scratch = _Scratch()
     for size in (1, 5, 65536, 65537, 300_000, 10):
@@ -262,7 +262,7 @@ class _StubConnection:
                                              (600_000, 3)])
 def test_the_public_drain_reads_until_the_bio_is_empty(size: int, reads: int) -> None:
     """Exact multiples of the read size need one read more, to learn the BIO is empty."""
-    from membio_transport._record_io import PublicRecordIO
+    from membio_transport.tls._record_io import PublicRecordIO
 
     data = os.urandom(size)
     stub = _StubConnection(data)

@@ -22,7 +22,7 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
 from membio_transport import HARDENED, MemoryBIOTLSFactory, TLSHandshakeError, TLSStats
-from membio_transport._sniff import Preamble, answer_plain_http, classify
+from membio_transport.tls._sniff import Preamble, answer_plain_http, classify
 
 from ._pki import make_pki
 from .test_parity import App, client_options, connect, server_options
@@ -261,7 +261,7 @@ class ResumingClient:
 def test_resumed_handshakes_are_counted() -> None:
     import tempfile
 
-    from membio_transport._options import ServerTLSOptions, server_context
+    from membio_transport.tls import ServerTLSOptions, server_context
 
     with tempfile.NamedTemporaryFile() as chain, tempfile.NamedTemporaryFile() as key:
         chain.write(PKI.chain_pem)

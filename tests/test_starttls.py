@@ -19,7 +19,7 @@ from twisted.test import iosim
 from zope.interface import implementer
 
 from membio_transport import MemoryBIOTLSProtocol
-from membio_transport._wrap import startTLS, wrapClientTLS, wrapServerTLS
+from membio_transport.tls import startTLS, wrapClientTLS, wrapServerTLS
 
 from ._pki import make_pki
 

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from membio_transport import TLSConnectionError, TLSState, TLSStateError, _engine
-from membio_transport._engine import TLSEngine
-from membio_transport._state import CAN_RECEIVE, CAN_SEND, TRANSITIONS, check_transition
+from membio_transport import TLSConnectionError, TLSState, TLSStateError
+from membio_transport.tls import TLSEngine, _engine
+from membio_transport.tls._state import CAN_RECEIVE, CAN_SEND, TRANSITIONS, check_transition
 
 from ._engines import Side, engine_pair
 from ._pki import make_pki

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from membio_transport import tap
-from membio_transport._certs import ServerCertificate, ensure_certificate
+from membio_transport.certs import ServerCertificate, ensure_certificate
+from membio_transport.https import tap
 
 from ._deploy_helpers import (
     TLSClient,

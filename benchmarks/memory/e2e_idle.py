@@ -214,7 +214,7 @@ def main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.n + 1024), hard))
     directory = Path(tempfile.mkdtemp(prefix="membio-e2e-idle-"))
-    from membio_transport._certs import ensure_certificate
+    from membio_transport.certs import ensure_certificate
 
     made = ensure_certificate(directory / "state", ["localhost", "127.0.0.1"], mode="self-signed")
     try:

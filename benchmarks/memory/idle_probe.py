@@ -3,7 +3,7 @@
     python benchmarks/memory/idle_probe.py [--n 2000] [--layer bare|engine|protocol] [options]
 
 One process, no sockets.  Makes ``--n`` server connections with the project's hardened context
-(`membio_transport._options.server_context`, ECDSA P-256, ALPN h2/http/1.1 as ``membio-https``),
+(`membio_transport.tls.server_context`, ECDSA P-256, ALPN h2/http/1.1 as ``membio-https``),
 completes a TLS 1.3 handshake on each with an in-memory pyOpenSSL client (freed afterwards),
 drains what the server sends (the handshake flight and its session tickets), and reports what
 the server connections still hold, per connection:
@@ -48,7 +48,7 @@ from typing import Any
 from OpenSSL import SSL
 from OpenSSL._util import ffi, lib
 
-from membio_transport._options import server_context
+from membio_transport.tls import server_context
 
 HOSTNAME = "localhost"
 
@@ -113,7 +113,7 @@ def address(cdata: Any) -> int:
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
-    from membio_transport._certs import ensure_certificate
+    from membio_transport.certs import ensure_certificate
 
     made = ensure_certificate(directory / "state", [HOSTNAME, "127.0.0.1"], mode="self-signed")
     return made.cert_path, made.key_path
@@ -174,7 +174,7 @@ class EngineServer:
     """Our `TLSEngine` around the connection, as `MemoryBIOTLSProtocol` makes it."""
 
     def __init__(self, context: SSL.Context) -> None:
-        from membio_transport._engine import Event, TLSEngine
+        from membio_transport.tls import Event, TLSEngine
 
         conn = SSL.Connection(context, None)
         conn.set_accept_state()
@@ -259,8 +259,7 @@ class ProtocolServer:
         from twisted.web.resource import Resource
         from twisted.web.server import Site
 
-        from membio_transport._factory import MemoryBIOTLSFactory
-        from membio_transport._options import ServerTLSOptions
+        from membio_transport.tls import MemoryBIOTLSFactory, ServerTLSOptions
 
         cls.clock = Clock()
         site = Site(Resource(), reactor=cls.clock)

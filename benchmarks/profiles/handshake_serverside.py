@@ -145,9 +145,8 @@ def client_context() -> SSL.Context:
 
 
 def ours_factory(**overrides: Any) -> Any:
-    from membio_transport._factory import MemoryBIOTLSFactory
-    from membio_transport._https_options import Options
-    from membio_transport._site import SecureSite
+    from membio_transport.https import Options, SecureSite
+    from membio_transport.tls import MemoryBIOTLSFactory
 
     options = Options()
     options.parseOptions(
@@ -344,7 +343,7 @@ def build_variants() -> dict[str, Any]:
     v["ours-no-hs-timeout"] = ours_factory(handshake_timeout=None)[0]
     v["ours-no-sniff"] = ours_factory(plain_http=None)[0]
     # Same settings, context without the SNI callback (one certificate: nothing to choose).
-    from membio_transport._options import ServerTLSOptions, server_context
+    from membio_transport.tls import ServerTLSOptions, server_context
 
     plain_ctx = server_context(CERT, KEY, alpn=[b"h2", b"http/1.1"])
     v["ours-no-sni-cb"] = ours_factory(creator=ServerTLSOptions(plain_ctx))[0]
@@ -362,7 +361,7 @@ def build_variants() -> dict[str, Any]:
     v["ours-no-sni-cb-stateful-cache"] = ours_factory(creator=ServerTLSOptions(stateful_ctx))[0]
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    from membio_transport._factory import MemoryBIOTLSFactory
+    from membio_transport.tls import MemoryBIOTLSFactory
 
     v["ours-trivial-app"] = MemoryBIOTLSFactory(
         options["tls_options"], False, TrivialFactory(), reactor, **options.factory_options()
@@ -374,7 +373,7 @@ def build_variants() -> dict[str, Any]:
 def setup_files() -> None:
     """An ECDSA P-256 certificate (the project's factory, as endtoend.py) and a web root."""
     global CERT, KEY, WWW
-    from membio_transport._certs import ensure_certificate
+    from membio_transport.certs import ensure_certificate
 
     directory = Path(tempfile.mkdtemp(prefix="membio-hs-"))
     made = ensure_certificate(directory / "state", ["localhost", "127.0.0.1"], mode="self-signed")

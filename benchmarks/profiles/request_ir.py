@@ -46,7 +46,7 @@ CLOSE_REQUEST = b"GET /small.txt HTTP/1.1\r\nHost: localhost\r\nConnection: clos
 def _files() -> tuple[str, str, str]:
     if str(ROOT) not in sys.path:
         sys.path.append(str(ROOT))
-    from membio_transport._certs import ensure_certificate
+    from membio_transport.certs import ensure_certificate
 
     directory = Path(tempfile.mkdtemp(prefix="membio-ir-"))
     made = ensure_certificate(directory / "state", ["localhost", "127.0.0.1"], mode="self-signed")
@@ -75,7 +75,7 @@ class Driver:
         self.stack = stack
         self.tls = stack in ("ours", "twisted")
         if stack == "ours":
-            from membio_transport._factory import MemoryBIOTLSFactory
+            from membio_transport.tls import MemoryBIOTLSFactory
 
             self.factory = MemoryBIOTLSFactory(_ours_creator(cert, key), False, site, reactor)
         elif stack == "twisted":
@@ -194,7 +194,7 @@ class Driver:
 
 def _ours_creator(cert: str, key: str) -> Any:
     """What the membio: endpoint serves with: the hardened server context, no ALPN."""
-    from membio_transport._options import ServerTLSOptions, server_context
+    from membio_transport.tls import ServerTLSOptions, server_context
 
     return ServerTLSOptions(server_context(cert, key))
 

@@ -230,7 +230,7 @@ def client(
 
 
 def files() -> tuple[str, str, str]:
-    from membio_transport._certs import ensure_certificate
+    from membio_transport.certs import ensure_certificate
 
     directory = Path(tempfile.mkdtemp(prefix="membio-trace-"))
     made = ensure_certificate(directory / "state", [SERVER_NAME, HOST], mode="self-signed")

@@ -24,7 +24,7 @@ Errors are `AcmeError` subclasses whose ``str()`` is one line saying what to do.
 
 What it may import: Twisted, ``acme``/``josepy`` (the optional extra
 ``membio-transport[acme]``), ``requests`` through ``acme``, ``cryptography``, pyOpenSSL,
-and the package's certificate face ``membio_transport._certs``.  Nothing from the TLS
+and the package's certificate layer (``certs``, its face).  Nothing from the TLS
 transport, the endpoint, the twistd plugins or the proxy: those wire this in, never the
 other way round.
 """

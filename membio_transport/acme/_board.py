@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Final
 
-from .._certs import KEY_FILE_MODE, prepare_state_dir, write_atomically
+from ..certs import KEY_FILE_MODE, prepare_state_dir, write_atomically
 from ._challengecert import ChallengeCertificate, tls_alpn_challenge_certificate
 
 __all__ = ["ChallengeBoard"]

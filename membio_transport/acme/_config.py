@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from .._certs import CertificateError, default_cert_dir, normalize_name
+from ..certs import CertificateError, default_cert_dir, normalize_name
 from ._client import CHALLENGE_TYPES, ChallengeType
 from ._errors import AcmeError
 from ._policy import DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAXIMUM

@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from .._certs import ServerCertificate, generate_private_key
+from ..certs import ServerCertificate, generate_private_key
 from ._board import ChallengeBoard
 from ._client import AcmeSession
 from ._config import AcmeConfig

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwk import JWKEC
 
-from .._certs import (
+from ..certs import (
     CERT_FILE_MODE,
     KEY_FILE_MODE,
     CertificateError,

@@ -1,8 +1,9 @@
 """
 Operations: what a server tells the people who run it.
 
-This layer turns what the TLS and certificate layers already know into
-the three things operators of Caddy, nginx or HAProxy expect:
+What this layer is for: turning what the TLS and certificate layers
+already know into the three things operators of Caddy, nginx or HAProxy
+expect:
 
 * **Prometheus metrics** (`MetricSources`, `metrics_service`): a collector
   over the counters the server keeps anyway (`TLSStats`, the connection
@@ -17,10 +18,10 @@ the three things operators of Caddy, nginx or HAProxy expect:
   `with_log_format` for a ``--log-format`` option): one object per event
   with stable field names.
 
-It may import the TLS layer's counters (``_stats``), the certificate
-layer's face (``_certs``), Twisted and ``prometheus_client``; it never
-imports the serving layer, the workers pool or the applications (they
-import it, to wire these pieces to their options).  Connection limits and
+What it may import: the ``tls`` layer (its counters, `TLSStats`) and the
+``certs`` layer, through their faces; Twisted and ``prometheus_client``.
+It never imports the serving layer, the workers pool or the applications
+(they import it, to wire these pieces to their options).  Connection limits and
 reloaders are read through small protocols (`RefusalCounter`,
 `ReloadCounters`), certificates through a callable returning
 ``ServerCertificate``s, so any certificate source can be watched.

@@ -33,8 +33,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from .._certs import ServerCertificate
-from .._stats import TLSStats
+from ..certs import ServerCertificate
+from ..tls import TLSStats
 from ._handshakes import HandshakeDetails, details_of
 from ._vocabulary import FAILURE_KINDS, failure_kind
 

@@ -28,7 +28,7 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from .._certs import ServerCertificate
+from ..certs import ServerCertificate
 
 __all__ = ["CHECK_INTERVAL", "EXPIRY_WARNINGS", "ExpiryWatch"]
 

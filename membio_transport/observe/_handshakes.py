@@ -18,7 +18,7 @@ from typing import Final
 
 from OpenSSL import SSL
 
-from .._stats import TLSStats
+from ..tls import TLSStats
 
 __all__ = ["DURATION_BUCKETS", "HandshakeDetails", "details_of"]
 

@@ -1,11 +1,11 @@
 """
 Twisted drop-in for membio-transport.
 
-* ``twistd membio-https``: a zero-config HTTPS server (``membio_transport.tap``).
+* ``twistd membio-https``: a zero-config HTTPS server (``membio_transport.https.tap``).
 * ``twistd membio-tls``: a TLS termination proxy to a plaintext backend
-  (``membio_transport.proxy_tap``).
+  (``membio_transport.proxy.tap``).
 * ``membio:`` server and client endpoint descriptions
-  (``membio_transport._endpoint`` documents the syntax).
+  (``membio_transport.serving._endpoint`` documents the syntax).
 
 Twisted imports every drop-in whenever it looks for plugins (each ``twistd``
 run, each unknown endpoint prefix), so this module imports nothing heavy:
@@ -29,14 +29,14 @@ from zope.interface import implementer
 
 membioHTTPS = ServiceMaker(
     "membio-https",
-    "membio_transport.tap",
+    "membio_transport.https.tap",
     "HTTPS server with a generated, trusted-once certificate (membio-transport TLS)",
     "membio-https",
 )
 
 membioTLS = ServiceMaker(
     "membio-tls",
-    "membio_transport.proxy_tap",
+    "membio_transport.proxy.tap",
     "TLS termination proxy: decrypt and relay to a plaintext backend (membio-transport TLS)",
     "membio-tls",
 )
@@ -49,7 +49,7 @@ class _MembioServerParser:
     prefix = "membio"
 
     def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> Any:
-        from membio_transport._endpoint import parse_server
+        from membio_transport.serving import parse_server
 
         return parse_server(reactor, *args, **kwargs)
 
@@ -61,7 +61,7 @@ class _MembioClientParser:
     prefix = "membio"
 
     def parseStreamClient(self, reactor: Any, *args: Any, **kwargs: Any) -> Any:
-        from membio_transport._endpoint import parse_client
+        from membio_transport.serving import parse_client
 
         return parse_client(reactor, *args, **kwargs)
 

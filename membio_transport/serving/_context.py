@@ -1,0 +1,68 @@
+"""
+From a certificate to an OpenSSL server context: the one place that turns
+a `ServerCertificate` (generated, the user's files, an SNI directory's, and
+later ACME's) into the hardened ``SSL.Context`` every listener serves.
+
+The context's settings (protocol versions, ciphers, groups, session
+resumption, ALPN, client certificates, key log) are the TLS layer's
+(`membio_transport.tls.server_context`); what this module adds is the
+certificate side: decrypting an encrypted key in memory, and saying in one
+line why OpenSSL refuses a certificate or key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from OpenSSL import SSL
+
+from ..certs import CertificateError, ServerCertificate, ServerKey, read_private_key
+from ..tls import PROFILES, ClientAuth, Profile, server_context
+
+__all__ = ["build_server_context"]
+
+
+def build_server_context(
+    certificate: ServerCertificate,
+    *,
+    password: bytes | None = None,
+    profile: str = "intermediate",
+    alpn: Sequence[bytes] = (),
+    client_auth: ClientAuth | None = None,
+) -> SSL.Context:
+    """
+    A hardened server context for C{certificate} (see L{server_context}).
+
+    @raise CertificateError: OpenSSL refuses the certificate or key, or the
+        profile is unknown.
+    """
+    if profile not in PROFILES:
+        raise CertificateError(
+            f"unknown TLS profile {profile!r}: use {' or '.join(map(repr, PROFILES))}"
+        )
+    chosen: Profile = "modern" if profile == "modern" else "intermediate"
+    # An encrypted key is decrypted in memory; OpenSSL reads a plain one itself.
+    key: Path | ServerKey = (
+        read_private_key(certificate.key_path, password)
+        if password is not None or b"ENCRYPTED" in certificate.key_path.read_bytes()
+        else certificate.key_path
+    )
+    try:
+        return server_context(
+            certificate.cert_path, key, profile=chosen, alpn=alpn, client_auth=client_auth
+        )
+    except SSL.Error as error:
+        raise CertificateError(
+            f"OpenSSL cannot use {certificate.cert_path} with {certificate.key_path}: "
+            f"{_ssl_reason(error)}"
+        ) from None
+
+
+def _ssl_reason(error: SSL.Error) -> str:
+    # pyOpenSSL errors are lists of (library, function, reason) tuples.
+    reasons = [
+        str(item[-1]) for item in (error.args[0] if error.args else []) if isinstance(item, tuple)
+    ]
+    return "; ".join(reasons) or str(error)
+

@@ -1,0 +1,37 @@
+"""
+The pre-fork pool: one machine's cores serving one listening socket.
+
+What this layer is for: ``--workers N`` and ``--grace`` for both apps.  The
+parent binds the sockets and builds the TLS context, forks N workers that
+adopt the sockets with fresh reactors, restarts the ones that die, replaces
+them all after a certificate reload (so that they share the new context and
+its session-ticket keys), and stops them gracefully (`WorkerPool`, with
+``_fork`` for what a forked child must do first and ``_cli`` for the
+command-line options and the shared sockets).
+
+What it may import: the ``serving`` layer (listeners and start-up errors)
+and, below it, ``tls`` and ``certs``, through their faces; Twisted.  Never
+``https`` or ``proxy``: both apps build on this pool, and neither is
+special to it.
+"""
+
+from ._cli import open_port_socket, parse_worker_options
+from ._pool import (
+    DEFAULT_GRACE,
+    LISTEN_BACKLOG,
+    MAX_WORKERS,
+    AdoptedSocketEndpoint,
+    WorkerPool,
+    listening_socket,
+)
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "LISTEN_BACKLOG",
+    "MAX_WORKERS",
+    "AdoptedSocketEndpoint",
+    "WorkerPool",
+    "listening_socket",
+    "open_port_socket",
+    "parse_worker_options",
+]
