@@ -28,14 +28,19 @@ from OpenSSL import SSL
 
 from membio_transport import certs as _certs
 from membio_transport.certs import (
+    KEY_PASSWORD_ENV,
     CertificateError,
     ServerCertificate,
+    check_key_passwords,
     default_cert_dir,
     default_hostnames,
     ensure_certificate,
     generate_leaf,
     generate_root_ca,
+    key_for_openssl,
+    key_is_encrypted,
     load_certificate,
+    read_key_password,
     read_private_key,
 )
 
@@ -245,6 +250,14 @@ def test_stored_file_planted_by_another_user_is_refused(tmp_path: Path, planted:
         ("192.0.2.1", "192.0.2.1"),
         ("bücher.example", "xn--bcher-kva.example"),
         ("*.dev.example", "*.dev.example"),
+        # IDNA 2008 with the UTS 46 mapping, as browsers and service_identity encode
+        # names; Python's codec (IDNA 2003) would make it fass.example, another host.
+        ("faß.example", "xn--fa-hia.example"),
+        ("FAß.Example", "xn--fa-hia.example"),
+        ("*.faß.example", "*.xn--fa-hia.example"),
+        ("xn--fa-hia.example", "xn--fa-hia.example"),
+        ("\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25.test", "example.test"),  # full-width EXAMPLE
+        ("_acme.example", "_acme.example"),  # ASCII names keep their underscores
     ],
 )
 def test_requested_names_are_normalized(tmp_path: Path, raw: str, expected: str) -> None:
@@ -257,7 +270,15 @@ def test_requested_names_already_in_the_defaults_are_not_repeated(tmp_path: Path
     assert cert.names == default_hostnames()
 
 
-@pytest.mark.parametrize("bad", ["", "two words", "-leading.example", "fe80::1%eth0", "a" * 64])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "", "two words", "-leading.example", "fe80::1%eth0", "a" * 64,
+        "xn--zz.example",  # an A-label that does not decode
+        "a\u200db.example",  # a zero-width joiner IDNA 2008 refuses in that position
+        "*.com",
+    ],
+)
 def test_invalid_requested_names_are_refused(tmp_path: Path, bad: str) -> None:
     with pytest.raises(CertificateError, match="invalid host name"):
         ensure_certificate(tmp_path, [bad])
@@ -737,6 +758,44 @@ def test_encrypted_user_key_is_loaded_with_its_password(
     context.use_certificate_chain_file(str(cert.cert_path))
     context.use_privatekey(read_private_key(cert.key_path, b"s3cret"))
     context.check_privatekey()
+
+
+@pytest.mark.parametrize("how", ["--key-password-file FILE", "keyPasswordFile="])
+def test_one_password_rule_for_every_entry_point(
+    user_files: _UserFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Where the password comes from, and the one error each entry point words its own way."""
+    key = serialization.load_pem_private_key(user_files.key.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    encrypted = tmp_path / "encrypted.pem"
+    _write_key(encrypted, key, b"s3cret")
+    monkeypatch.delenv(KEY_PASSWORD_ENV, raising=False)
+    assert key_is_encrypted(encrypted) and not key_is_encrypted(user_files.key)
+    assert not key_is_encrypted(tmp_path / "missing.pem")
+    with pytest.raises(CertificateError) as missing:
+        check_key_passwords([user_files.key, encrypted], None, how)
+    assert str(missing.value) == (
+        f"{encrypted} is encrypted: give its password with {how} or the "
+        "MEMBIO_KEY_PASSWORD environment variable"
+    )
+    check_key_passwords([encrypted], b"anything", how)  # a password is there: load decides
+    check_key_passwords([user_files.key], None, how)
+    # The first line of the file, else the environment, else nothing.
+    password_file = tmp_path / "password"
+    password_file.write_bytes(b"s3cret\nsecond line\n")
+    assert read_key_password(password_file) == b"s3cret"
+    assert read_key_password(None) is None
+    monkeypatch.setenv(KEY_PASSWORD_ENV, "from-env")
+    assert read_key_password(None) == b"from-env"
+    assert read_key_password(password_file) == b"s3cret"
+    with pytest.raises(CertificateError, match=r"cannot read key password file .*missing"):
+        read_key_password(tmp_path / "missing")
+    # OpenSSL gets a plain key as its file, an encrypted one decrypted in memory.
+    assert key_for_openssl(user_files.key, None) == user_files.key
+    decrypted = key_for_openssl(encrypted, b"s3cret")
+    assert isinstance(decrypted, ec.EllipticCurvePrivateKey)
+    with pytest.raises(CertificateError, match="wrong password"):
+        key_for_openssl(encrypted, b"guess")
 
 
 def test_group_readable_user_key_is_accepted(user_files: _UserFiles) -> None:

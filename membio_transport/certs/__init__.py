@@ -43,14 +43,24 @@ The work is done in focused modules:
     atomic-write helpers serve the ACME state too (``membio_transport.acme``);
 ``_usercerts``
     the user's own ``--cert``/``--key`` files, validated with one-line errors;
+``_passwords``
+    the one rule for encrypted keys: where their password comes from, the error when it
+    is missing, decrypting them for OpenSSL;
 ``_servercert`` and ``_errors``
     the result (``ServerCertificate``) and the failure (``CertificateError``) they share.
 """
 
 from __future__ import annotations
 
-from ._errors import CertificateError
+from ._errors import CertificateError, os_reason
 from ._hostnames import default_hostnames, is_ip_address, normalize_name
+from ._passwords import (
+    KEY_PASSWORD_ENV,
+    check_key_passwords,
+    key_for_openssl,
+    key_is_encrypted,
+    read_key_password,
+)
 from ._servercert import ServerCertificate
 from ._store import (
     CERT_FILE_MODE,
@@ -79,6 +89,7 @@ __all__ = [
     "CERT_FILE_MODE",
     "DEFAULT_MODE",
     "KEY_FILE_MODE",
+    "KEY_PASSWORD_ENV",
     "LOCAL_CA_LEAF_LIFETIME",
     "ROOT_LIFETIME",
     "CertificateError",
@@ -86,6 +97,7 @@ __all__ = [
     "Mode",
     "ServerCertificate",
     "ServerKey",
+    "check_key_passwords",
     "default_cert_dir",
     "default_hostnames",
     "ensure_certificate",
@@ -93,11 +105,15 @@ __all__ = [
     "generate_private_key",
     "generate_root_ca",
     "is_ip_address",
+    "key_for_openssl",
+    "key_is_encrypted",
     "load_certificate",
     "normalize_name",
+    "os_reason",
     "pem_cert",
     "pem_key",
     "prepare_state_dir",
+    "read_key_password",
     "read_private_key",
     "renewal_time",
     "write_atomically",

@@ -1,8 +1,9 @@
 """The names a server certificate covers, in the form a subjectAltName carries.
 
 Zero-config certificates cover the loopback names and this machine's host name, plus what
-the user asks for; every name is checked and normalized here (IP literals, IDNA, wildcard
-labels) so that a bad ``--hostname`` is one clear error, not a certificate clients reject.
+the user asks for; every name is checked and normalized here (IP literals, IDNA 2008
+A-labels, wildcard labels) so that a bad ``--hostname`` is one clear error, not a
+certificate clients reject.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import re
 import socket
 from collections.abc import Sequence
 from typing import Final
+
+import idna
 
 from ._errors import CertificateError
 
@@ -86,18 +89,37 @@ def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def _normalize_dns_name(raw: str, text: str) -> str:
+    labels = text.split(".")
+    wildcard = labels[0] == "*" and len(labels) > 2
+    rest = ".".join(labels[1:] if wildcard else labels)
     try:
-        # SAN dNSName entries must be ASCII: internationalized names go in as A-labels
-        # (the standard library's IDNA 2003 codec; such names are rare on a dev server).
-        name = text.lower().encode("idna").decode("ascii")
-    except UnicodeError:
+        ascii_labels = _a_labels(rest)
+    except (idna.IDNAError, UnicodeError):
         raise CertificateError(f"invalid host name {raw!r}: not a valid DNS name") from None
-    labels = name.split(".")
-    if labels[0] == "*" and len(labels) > 2:
-        labels = labels[1:]
-    if len(name) > MAX_DNS_NAME_LENGTH or not all(DNS_LABEL.match(label) for label in labels):
+    name = ".".join(["*", *ascii_labels] if wildcard else ascii_labels)
+    if len(name) > MAX_DNS_NAME_LENGTH or not all(DNS_LABEL.match(lb) for lb in ascii_labels):
         raise CertificateError(f"invalid host name {raw!r}: not a valid DNS name")
     return name
+
+
+def _a_labels(name: str) -> list[str]:
+    """
+    The labels of C{name} as a subjectAltName carries them (ASCII, lower case).
+
+    An internationalized name becomes A-labels by IDNA 2008 with the UTS 46
+    mapping (``faß.example`` -> ``xn--fa-hia.example``), as browsers, curl and
+    service_identity encode it; Python's own ``idna`` codec is IDNA 2003,
+    which would make it ``fass.example``, another host.  An ASCII name is
+    taken as it is (real host names carry underscores, which IDNA refuses),
+    except that an A-label must decode.
+    """
+    if not name.isascii():
+        return idna.encode(name, uts46=True).decode("ascii").split(".")
+    labels = name.lower().split(".")
+    for label in labels:
+        if label.startswith("xn--"):
+            idna.decode(label)  # IDNAError for a malformed A-label
+    return labels
 
 
 def requested_names(hostnames: Sequence[str]) -> tuple[str, ...]:

@@ -18,24 +18,27 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import usage
 from twisted.web.resource import Resource
 
-from ..certs import CertificateError, ServerCertificate, default_cert_dir
+from ..certs import (
+    KEY_PASSWORD_ENV,
+    CertificateError,
+    ServerCertificate,
+    check_key_passwords,
+    default_cert_dir,
+    read_key_password,
+)
 from ..serving import (
     DEFAULT_INTERFACE,
     DEFAULT_PORT,
-    KEY_PASSWORD_ENV,
     TLS_PREFIXES,
     Listener,
     TLSServerEndpoint,
     endpoint_from,
-    key_is_encrypted,
     parse_interface,
     parse_port,
-    read_key_password,
     resolve_certificate,
     tcp_endpoint,
-    tcp_label,
 )
-from ..tls import PROFILES
+from ..tls import PROFILES, format_host_port
 from ._hardening import HardeningOptions
 from ._info_page import TLSInfoPage
 
@@ -235,12 +238,9 @@ class Options(HardeningOptions):
                     raise usage.UsageError(
                         f"{name} applies to generated certificates, not to --cert"
                     )
-            key_file = self["key"] or self["cert"]
-            if password is None and key_is_encrypted(key_file):
-                raise _ConfigurationError(
-                    f"{key_file} is encrypted: give its password with --key-password-file FILE "
-                    f"or the {KEY_PASSWORD_ENV} environment variable"
-                )
+            check_key_passwords(
+                [self["key"] or self["cert"]], password, "--key-password-file FILE"
+            )
             return resolve_certificate(
                 cert_file=self["cert"], key_file=self["key"], password=password
             )
@@ -258,7 +258,7 @@ class Options(HardeningOptions):
         if self["serve_port"]:
             listeners.append(
                 Listener(
-                    tcp_label(self["interface"], self["port"]),
+                    format_host_port(self["interface"], self["port"]),
                     tcp_endpoint(reactor, self["interface"], self["port"]),
                     "--port",
                 )
@@ -295,7 +295,7 @@ class Options(HardeningOptions):
         if value.isdigit():
             port = parse_port("--redirect-http", value)
             endpoint = tcp_endpoint(reactor, self["interface"], port)
-            return Listener(tcp_label(self["interface"], port), endpoint, "--redirect-http")
+            return Listener(format_host_port(self["interface"], port), endpoint, "--redirect-http")
         endpoint = endpoint_from(reactor, "--redirect-http", value)
         return Listener(value, endpoint, "--redirect-http")
 

@@ -11,6 +11,8 @@ import ipaddress
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from ..tls import format_host
+
 
 class RedirectToHTTPS(Resource):
     """Every request: 301 (308 for other methods than GET/HEAD) to the HTTPS URL."""
@@ -48,7 +50,7 @@ def _request_host(header: bytes | None) -> str | None:
     if text.startswith("["):
         literal, _, _ = text[1:].partition("]")
         try:
-            return f"[{ipaddress.IPv6Address(literal)}]"
+            return format_host(str(ipaddress.IPv6Address(literal)))
         except ValueError:
             return None
     host = text.rsplit(":", 1)[0] if text.count(":") == 1 else text

@@ -17,7 +17,8 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from ..certs import is_ip_address
-from ..serving import DEFAULT_PORT, tcp_label
+from ..serving import DEFAULT_PORT
+from ..tls import format_host, format_host_port
 from ._plan import Plan
 
 #: The namespace of the HTTPS server's own lines.
@@ -80,7 +81,7 @@ class StartupLog:
         address = port.getHost()
         host, number = getattr(address, "host", None), getattr(address, "port", None)
         if isinstance(host, str) and isinstance(number, int):
-            return tcp_label(host, number)
+            return format_host_port(host, number)
         name = getattr(address, "name", None)
         if name is not None:
             path = os.fsdecode(name)
@@ -112,11 +113,11 @@ def _browse_names(host: str, plan: Plan) -> list[str]:
         if address.is_unspecified:
             chosen += [name for name in dns if name != "localhost"]
     elif str(address) in names:
-        chosen.append(f"[{address}]" if address.version == 6 else str(address))
+        chosen.append(format_host(str(address)))
     if not chosen:
         # The certificate names none of our addresses (your own certificate
         # for a public name): its first name, which must resolve to us.
-        chosen = dns[:1] or [f"[{address}]" if address.version == 6 else str(address)]
+        chosen = dns[:1] or [format_host(str(address))]
     return chosen
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from ..serving import tcp_label
+from ..tls import format_host, format_host_port
 from ..workers import AdoptedSocketEndpoint, WorkerPool, open_port_socket, parse_worker_options
 
 __all__ = ["check_https_options", "close_idle_http", "https_service"]
@@ -82,7 +82,7 @@ def https_service(options: Any, make_site: Callable[[], Site]) -> WorkerPool:
         host, bound = sockets[0].getsockname()[:2]
         url = f"https://{_browse_host(host)}:{bound}/"
         lines = [
-            f"HTTPS on {tcp_label(host, bound)}, shared by {options['workers']} worker "
+            f"HTTPS on {format_host_port(host, bound)}, shared by {options['workers']} worker "
             f"process(es) with one TLS context (sessions resume on any worker)"
         ]
         if options["cert"]:
@@ -127,4 +127,4 @@ def _browse_host(host: str) -> str:
     address = ipaddress.ip_address(host.split("%", 1)[0])
     if address.is_loopback or address.is_unspecified:
         return "localhost"
-    return f"[{address}]" if address.version == 6 else str(address)
+    return format_host(str(address))

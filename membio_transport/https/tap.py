@@ -26,6 +26,7 @@ from twisted.application.service import Service
 
 from ..certs import ServerCertificate
 from ..serving import DEFAULT_PORT, Listener, StartupError
+from ..tls import format_host
 from ._options import Options
 from ._plan import Plan
 from ._redirect import RedirectToHTTPS
@@ -52,7 +53,7 @@ def makeService(options: Options) -> Service:
     if address.is_loopback or address.is_unspecified:
         default_host = "localhost"
     else:
-        default_host = f"[{address}]" if address.version == 6 else str(address)
+        default_host = format_host(str(address))
     plan = Plan(
         listeners=options["listeners"],
         redirect=redirect_listener,

@@ -28,6 +28,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from ..tls import format_address
+
 __all__ = ["METRICS_PATH", "listen_metrics", "metrics_resource", "metrics_service"]
 
 _log = Logger(namespace="membio_transport.observe")
@@ -84,13 +86,7 @@ class _Announcing:
         listening = self.wrapped.listen(protocolFactory)
 
         def announce(port: IListeningPort) -> IListeningPort:
-            address = port.getHost()
-            host, number = getattr(address, "host", None), getattr(address, "port", None)
-            where = (
-                (f"[{host}]:{number}" if ":" in host else f"{host}:{number}")
-                if isinstance(host, str) and isinstance(number, int)
-                else str(address)
-            )
+            where = format_address(port.getHost())
             _log.info(
                 "Prometheus metrics on {listener} at /metrics ({description})",
                 listener=where, description=self.description, log_system=self.system,

@@ -50,6 +50,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..tls import format_address
+
 __all__ = [
     "PROXY_PROTOCOL_VERSIONS",
     "ProxyFactory",
@@ -268,7 +270,7 @@ class _ClientSide(Protocol):
             "backend {backend} unreachable for client {client} ({reason}): closing the "
             "client connection",
             backend=self.factory.backend_label,
-            client=_address_text(self.transport.getPeer()),
+            client=format_address(self.transport.getPeer()),
             reason=reason.getErrorMessage().rstrip("."),
         )
         self.refused = True
@@ -297,7 +299,7 @@ class _ClientSide(Protocol):
             _log.warn(
                 "backend {backend} dropped the connection of client {client}: {reason}",
                 backend=self.factory.backend_label,
-                client=_address_text(self.transport.getPeer()),
+                client=format_address(self.transport.getPeer()),
                 reason=reason.getErrorMessage().rstrip("."),
             )
         self.close()
@@ -399,10 +401,3 @@ class ProxyFactory(Factory):
             tls_version=connection.get_protocol_version_name(),
             cipher=connection.get_cipher_name(),
         )
-
-
-def _address_text(address: IAddress) -> str:
-    host, port = getattr(address, "host", None), getattr(address, "port", None)
-    if host is None:
-        return str(address)
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

@@ -26,9 +26,14 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from ..certs import CertificateError, default_cert_dir
-from ..serving import (
+from ..certs import (
     KEY_PASSWORD_ENV,
+    CertificateError,
+    check_key_passwords,
+    default_cert_dir,
+    read_key_password,
+)
+from ..serving import (
     TLS_PREFIXES,
     Listener,
     StartupError,
@@ -36,16 +41,13 @@ from ..serving import (
     build_server_context,
     endpoint_from,
     exit_with_message,
-    key_is_encrypted,
     listen_error,
     parse_interface,
     parse_port,
-    read_key_password,
     resolve_certificate,
     tcp_endpoint,
-    tcp_label,
 )
-from ..tls import PROFILES, ServerTLSOptions
+from ..tls import PROFILES, ServerTLSOptions, format_host_port
 from ..workers import (
     DEFAULT_GRACE,
     AdoptedSocketEndpoint,
@@ -204,7 +206,9 @@ class Options(usage.Options):
             interface, port = self["interface"], self["port"]
             listeners.append(
                 Listener(
-                    tcp_label(interface, port), tcp_endpoint(reactor, interface, port), "--port"
+                    format_host_port(interface, port),
+                    tcp_endpoint(reactor, interface, port),
+                    "--port",
                 )
             )
         for description in self["listen"]:
@@ -225,11 +229,9 @@ class Options(usage.Options):
         if own and self["cert"] is None:
             raise usage.UsageError("--key needs --cert (the certificate for that key)")
         password = read_key_password(self["key-password-file"]) if own else None
-        key_file = self["key"] or self["cert"]
-        if own and password is None and key_is_encrypted(key_file):
-            raise CertificateError(
-                f"{key_file} is encrypted: give its password with --key-password-file FILE "
-                f"or the {KEY_PASSWORD_ENV} environment variable"
+        if own:
+            check_key_passwords(
+                [self["key"] or self["cert"]], password, "--key-password-file FILE"
             )
         certificate = resolve_certificate(
             cert_file=self["cert"],
@@ -313,7 +315,7 @@ class TLSProxyService(Service):
             address = port.getHost()
             host, number = getattr(address, "host", None), getattr(address, "port", None)
             where = (
-                tcp_label(host, number)
+                format_host_port(host, number)
                 if isinstance(host, str) and isinstance(number, int)
                 else listener.label
             )
@@ -344,7 +346,7 @@ def _worker_pool(options: Options) -> WorkerPool:
     def announce(sockets: Sequence[socket.socket]) -> None:
         host, bound = sockets[0].getsockname()[:2]
         lines = [
-            f"TLS on {tcp_label(host, bound)}, shared by {options['workers']} worker "
+            f"TLS on {format_host_port(host, bound)}, shared by {options['workers']} worker "
             "process(es) with one TLS context",
             *_summary(options),
         ]

@@ -17,12 +17,9 @@ Twisted, pyOpenSSL and cryptography.  It never imports ``workers``,
 from ._context import build_server_context
 from ._endpoint import (
     DEFAULT_BACKLOG,
-    KEY_PASSWORD_ENV,
     TLSServerEndpoint,
-    key_is_encrypted,
     parse_client,
     parse_server,
-    read_key_password,
     resolve_certificate,
 )
 from ._limits import BURST_GAP, BURST_REPORT_EVERY, ConnectionLimit, LimitedEndpoint
@@ -35,7 +32,6 @@ from ._listeners import (
     parse_interface,
     parse_port,
     tcp_endpoint,
-    tcp_label,
 )
 from ._reload import DEFAULT_POLL_INTERVAL, CertificateReloader
 from ._sni import CertificateFiles, CertificateSet, TLSSetup, load_client_ca, scan_sni_dir
@@ -48,7 +44,6 @@ __all__ = [
     "DEFAULT_INTERFACE",
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_PORT",
-    "KEY_PASSWORD_ENV",
     "TLS_PREFIXES",
     "CertificateFiles",
     "CertificateReloader",
@@ -63,16 +58,13 @@ __all__ = [
     "endpoint_from",
     "exit_status_one",
     "exit_with_message",
-    "key_is_encrypted",
     "listen_error",
     "load_client_ca",
     "parse_client",
     "parse_interface",
     "parse_port",
     "parse_server",
-    "read_key_password",
     "resolve_certificate",
     "scan_sni_dir",
     "tcp_endpoint",
-    "tcp_label",
 ]

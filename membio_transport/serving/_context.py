@@ -17,8 +17,8 @@ from pathlib import Path
 
 from OpenSSL import SSL
 
-from ..certs import CertificateError, ServerCertificate, ServerKey, read_private_key
-from ..tls import PROFILES, ClientAuth, Profile, server_context
+from ..certs import CertificateError, ServerCertificate, ServerKey, key_for_openssl
+from ..tls import PROFILES, ClientAuth, Profile, describe, server_context
 
 __all__ = ["build_server_context"]
 
@@ -42,12 +42,7 @@ def build_server_context(
             f"unknown TLS profile {profile!r}: use {' or '.join(map(repr, PROFILES))}"
         )
     chosen: Profile = "modern" if profile == "modern" else "intermediate"
-    # An encrypted key is decrypted in memory; OpenSSL reads a plain one itself.
-    key: Path | ServerKey = (
-        read_private_key(certificate.key_path, password)
-        if password is not None or b"ENCRYPTED" in certificate.key_path.read_bytes()
-        else certificate.key_path
-    )
+    key: Path | ServerKey = key_for_openssl(certificate.key_path, password)
     try:
         return server_context(
             certificate.cert_path, key, profile=chosen, alpn=alpn, client_auth=client_auth
@@ -55,14 +50,5 @@ def build_server_context(
     except SSL.Error as error:
         raise CertificateError(
             f"OpenSSL cannot use {certificate.cert_path} with {certificate.key_path}: "
-            f"{_ssl_reason(error)}"
+            f"{describe(error)}"
         ) from None
-
-
-def _ssl_reason(error: SSL.Error) -> str:
-    # pyOpenSSL errors are lists of (library, function, reason) tuples.
-    reasons = [
-        str(item[-1]) for item in (error.args[0] if error.args else []) if isinstance(item, tuple)
-    ]
-    return "; ".join(reasons) or str(error)
-

@@ -88,7 +88,6 @@ with Twisted's ``wrapClientTLS``.
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -105,25 +104,28 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..certs import CertificateError, ServerCertificate, ensure_certificate, load_certificate
-from ..tls import HARDENED, MemoryBIOTLSFactory, ServerTLSOptions, wrapClientTLS
+from ..certs import (
+    CertificateError,
+    ServerCertificate,
+    check_key_passwords,
+    ensure_certificate,
+    load_certificate,
+    normalize_name,
+    os_reason,
+    read_key_password,
+)
+from ..tls import HARDENED, MemoryBIOTLSFactory, ServerTLSOptions, format_address, wrapClientTLS
 from ._context import build_server_context
 
 __all__ = [
     "DEFAULT_BACKLOG",
-    "KEY_PASSWORD_ENV",
     "TLSServerEndpoint",
-    "key_is_encrypted",
     "parse_client",
     "parse_server",
-    "read_key_password",
     "resolve_certificate",
 ]
 
 _log = Logger(namespace="membio")
-
-#: Environment variable holding the password of an encrypted private key.
-KEY_PASSWORD_ENV: Final = "MEMBIO_KEY_PASSWORD"
 
 #: Listen queue length: room for a burst of handshakes (Twisted's 50
 #: overflows with 1,000 simultaneous clients, who then wait for SYN
@@ -144,34 +146,6 @@ _CLIENT_KEYWORDS: Final = (
 
 
 # ------------------------------------------------------------------ certificates
-
-
-def read_key_password(password_file: str | Path | None) -> bytes | None:
-    """
-    The private key password: the first line of C{password_file}, else the
-    C{MEMBIO_KEY_PASSWORD} environment variable, else None.
-
-    @raise CertificateError: the file cannot be read.
-    """
-    if password_file is not None:
-        path = Path(password_file)
-        try:
-            data = path.read_bytes()
-        except OSError as error:
-            reason = error.strerror or type(error).__name__
-            raise CertificateError(f"cannot read key password file {path}: {reason}") from None
-        lines = data.splitlines()
-        return lines[0] if lines else b""
-    value = os.environ.get(KEY_PASSWORD_ENV)
-    return None if value is None else os.fsencode(value)
-
-
-def key_is_encrypted(key_file: str | Path) -> bool:
-    """Whether C{key_file} holds an encrypted PEM key (False when unreadable)."""
-    try:
-        return b"ENCRYPTED" in Path(key_file).expanduser().read_bytes()
-    except OSError:
-        return False
 
 
 def resolve_certificate(
@@ -261,7 +235,7 @@ class TLSServerEndpoint:
 
     @staticmethod
     def _announce(port: IListeningPort, certificate: ServerCertificate) -> IListeningPort:
-        lines = [f"TLS on {_describe_address(port)}"]
+        lines = [f"TLS on {format_address(port.getHost())}"]
         lines += (
             certificate.trust_instructions(_url_for(port))
             if certificate.new_trust_anchor
@@ -274,15 +248,6 @@ class TLSServerEndpoint:
         for line in lines:
             _log.info("{line}", line=line, log_system="membio")
         return port
-
-
-def _describe_address(port: IListeningPort) -> str:
-    address = port.getHost()
-    host, number = getattr(address, "host", None), getattr(address, "port", None)
-    if isinstance(host, str) and isinstance(number, int):
-        return f"[{host}]:{number}" if ":" in host else f"{host}:{number}"
-    name = getattr(address, "name", None)
-    return str(address) if name is None else os.fsdecode(name)
 
 
 def _url_for(port: IListeningPort) -> str:
@@ -360,11 +325,7 @@ def parse_server(reactor: Any, *args: str, **kwargs: str) -> TLSServerEndpoint:
     try:
         password = read_key_password(kwargs.get("keyPasswordFile"))
         key_file = kwargs.get("privateKey", kwargs.get("certKey"))
-        if password is None and key_file is not None and key_is_encrypted(key_file):
-            raise CertificateError(
-                f"{key_file} is encrypted: give its password with keyPasswordFile= or the "
-                f"{KEY_PASSWORD_ENV} environment variable"
-            )
+        check_key_passwords([key_file] if key_file else [], password, "keyPasswordFile=")
         certificate = resolve_certificate(
             cert_file=kwargs.get("certKey"),
             key_file=kwargs.get("privateKey"),
@@ -431,9 +392,14 @@ def parse_client(reactor: Any, *args: str, **kwargs: str) -> IStreamClientEndpoi
         port = _integer("port", settings["port"], 1, 65535)
         timeout = _integer("timeout", settings.get("timeout", "30"), 1, 86400)
         bind = settings.get("bindAddress")
+        try:
+            # IDNA 2008, as the certificate's names are (Python's codec is IDNA 2003).
+            address = normalize_name(host).encode("ascii")
+        except CertificateError as error:
+            raise ValueError(f"membio: host={host!r}: {error}") from None
         wrapped = endpoints.HostnameEndpoint(
             reactor,
-            host.encode("idna"),
+            address,
             port,
             timeout,
             None if bind is None else (bind, 0),
@@ -445,7 +411,7 @@ def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as error:
-        reason = error.strerror or type(error).__name__
+        reason = os_reason(error)
         raise CertificateError(f"cannot read {what} {path}: {reason}") from None
 
 

@@ -82,8 +82,3 @@ def tcp_endpoint(reactor: Any, interface: str, port: int) -> IStreamServerEndpoi
     if ":" in interface:
         return TCP6ServerEndpoint(reactor, port, DEFAULT_BACKLOG, interface)
     return TCP4ServerEndpoint(reactor, port, DEFAULT_BACKLOG, interface)
-
-
-def tcp_label(interface: str, port: int) -> str:
-    host = f"[{interface}]" if ":" in interface else interface
-    return f"{host}:{port}"

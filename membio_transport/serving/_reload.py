@@ -37,8 +37,8 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ..certs import CertificateError
-from ..tls import ServerTLSOptions
+from ..certs import CertificateError, os_reason
+from ..tls import ServerTLSOptions, describe
 from ._sni import CertificateSet, TLSSetup
 
 __all__ = ["DEFAULT_POLL_INTERVAL", "CertificateReloader"]
@@ -208,13 +208,9 @@ class CertificateReloader(Service):
 
 def _one_line(error: BaseException) -> str:
     if isinstance(error, SSL.Error):
-        reasons = [
-            str(item[-1]) for item in (error.args[0] if error.args else [])
-            if isinstance(item, tuple)
-        ]
-        text = "; ".join(reasons) or str(error)
+        text = describe(error)
     elif isinstance(error, OSError):
-        text = f"{error.filename or ''}: {error.strerror or error}".lstrip(": ")
+        text = f"{error.filename or ''}: {os_reason(error)}".lstrip(": ")
     else:
         text = str(error)
     return " ".join(text.split()) or type(error).__name__

@@ -41,6 +41,7 @@ from ..certs import (
     is_ip_address,
     load_certificate,
     normalize_name,
+    os_reason,
 )
 from ..tls import ClientAuth, ServerTLSOptions
 from ._context import build_server_context
@@ -73,7 +74,7 @@ def scan_sni_dir(directory: Path) -> list[CertificateFiles]:
     try:
         entries = sorted(directory.iterdir())
     except OSError as error:
-        reason = error.strerror or type(error).__name__
+        reason = os_reason(error)
         raise CertificateError(f"cannot read --sni-dir {directory}: {reason}") from None
     found = []
     for path in entries:
@@ -102,7 +103,7 @@ def load_client_ca(path: Path) -> list[x509.Certificate]:
     try:
         data = path.read_bytes()
     except OSError as error:
-        reason = error.strerror or type(error).__name__
+        reason = os_reason(error)
         raise CertificateError(f"cannot read --client-ca {path}: {reason}") from None
     try:
         return x509.load_pem_x509_certificates(data)

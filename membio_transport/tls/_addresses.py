@@ -31,7 +31,8 @@ def format_address(address: object) -> str:
     ``HostnameAddress``...) in words: ``host:port``, a socket's path, or
     whatever the object says of itself.
     """
-    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    host = getattr(address, "host", None) or getattr(address, "hostname", None)
+    port = getattr(address, "port", None)
     if host is not None and port is not None:
         text = host.decode("ascii", "replace") if isinstance(host, bytes) else str(host)
         return format_host_port(text, port)

@@ -24,6 +24,7 @@ import enum
 import re
 from typing import TYPE_CHECKING, Any, Final
 
+from ._addresses import format_host
 from ._errors import TLSConnectionError, TLSHandshakeError
 from ._policy import PlainHTTPPolicy
 
@@ -113,7 +114,7 @@ def answer_plain_http(
     """
     host, path = _request_parts(request)
     if host is None:
-        name = f"[{fallback_host}]" if ":" in fallback_host else fallback_host
+        name = format_host(fallback_host)
         authority = name if port == 443 else f"{name}:{port}"
     elif host.endswith(b"]") or b":" not in host:
         # No port: the client dialled HTTP's default, which led here.

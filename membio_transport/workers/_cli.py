@@ -10,7 +10,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from ..serving import Listener, StartupError, exit_with_message, listen_error, tcp_label
+from ..serving import Listener, StartupError, exit_with_message, listen_error
+from ..tls import format_host_port
 from ._pool import MAX_WORKERS, listening_socket
 
 __all__ = ["open_port_socket", "parse_worker_options"]
@@ -53,7 +54,7 @@ def open_port_socket(command: str, interface: str, port: int) -> list[socket.soc
         return [listening_socket(interface, port)]
     except OSError as error:
         listener = Listener(
-            tcp_label(interface, port), None, "--port"  # type: ignore[arg-type]  # only named
+            format_host_port(interface, port), None, "--port"  # type: ignore[arg-type]  # only named
         )
         message = listen_error(CannotListenError(interface, port, error), listener)
         exit_with_message(command)
