@@ -174,12 +174,14 @@ def test_membio_https_policies_off_unless_asked(tmp_path: Path, private_home: No
 
     options = tap.Options()
     options.parseOptions(["--port", "0", "--cert-dir", str(tmp_path / "certs")])
+    settings = options["settings"]
     assert options["hsts_max_age"] is None
-    assert options["max_connections"] is None
-    assert options.connection_limit() is None
-    assert options["idle_timeout"] is None
-    assert options["reload_interval"] == DEFAULT_POLL_INTERVAL == 5.0
-    assert options["handshake_timeout"] == DEFAULT_HANDSHAKE_TIMEOUT
+    assert settings.max_connections is None
+    assert options["serving"].limit is None
+    assert settings.idle_timeout is None
+    assert settings.reload_interval == DEFAULT_POLL_INTERVAL == 5.0
+    assert settings.handshake_timeout == DEFAULT_HANDSHAKE_TIMEOUT
+    assert settings.plain_http == "explain"
     asked = tap.Options()
     asked.parseOptions(["--port", "0", "--cert-dir", str(tmp_path / "certs"), "--hsts"])
     assert asked["hsts_max_age"] == DEFAULT_HSTS_MAX_AGE == 63072000  # two years

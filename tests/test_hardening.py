@@ -22,6 +22,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from ._abuse_helpers import (
     request,
     wait_until,
 )
+from ._serving_helpers import NoSignals
 
 # --------------------------------------------------------------------- fixtures
 
@@ -814,9 +816,10 @@ def test_certificate_pairs_and_bare_hsts(tmp_path: Path, monkeypatch: pytest.Mon
         ["--cert", str(one), "--cert", str(two_cert), "--key", str(two_key), "--hsts",
          "--port", "0"]
     )
-    assert options["cert_pairs"] == [[str(one), None], [str(two_cert), str(two_key)]]
+    settings = options["settings"]
+    assert (settings.cert, settings.key) == ((one, two_cert), (None, two_key))
     assert options["hsts_max_age"] == 63072000
-    certificates = options["certificates"]
+    certificates = options["serving"].certificates
     assert certificates.default.names == ("one.test",)
     assert certificates.context_for("two.test") is certificates.others[0][1]
     assert certificates.context_for("three.test") is certificates.context
@@ -877,17 +880,17 @@ def test_reloader_polls_and_keeps_the_old_context_on_failure(
 ) -> None:
     from twisted.internet.task import Clock
 
-    from membio_transport.certs import load_certificate
-    from membio_transport.serving import CertificateReloader, TLSSetup
+    from membio_transport.serving import CertificateFiles, CertificateSource, UserCertificate
 
     ca = make_ca("unit CA")
     cert, key = issue(ca, ["localhost"]).write(tmp_path, "server")
-    setup = TLSSetup(default=lambda: load_certificate(cert, key))
-    options, built = setup.options()
     clock = Clock()
-    reloader = CertificateReloader(
-        setup, options, built, interval=1.0, clock=clock, handle_sighup=False
+    clock.advance(time.time())  # the certificates' validity is checked at the source's clock
+    reloader = CertificateSource(
+        UserCertificate(CertificateFiles(cert, key)), interval=1.0, clock=clock,
+        sighup=NoSignals(),
     )
+    options = reloader.options
     reloader.startService()
     try:
         first = options.context
@@ -910,25 +913,19 @@ def test_reloader_polls_and_keeps_the_old_context_on_failure(
 
 
 def test_sni_lookup_rules(tmp_path: Path) -> None:
-    from membio_transport.certs import load_certificate
-    from membio_transport.serving import CertificateFiles, TLSSetup
+    from membio_transport.serving import CertificateFiles, CertificateSource, UserCertificate
 
     ca = make_ca("unit CA")
     default_files = issue(ca, ["www.example.test", "localhost"]).write(tmp_path, "default")
     wild = issue(ca, ["*.example.test"]).write(tmp_path / "sni", "*.example.test")
     named = issue(ca, ["api.example.test"]).write(tmp_path / "sni", "api.example.test")
-    setup = TLSSetup(
-        default=lambda: load_certificate(*default_files),
-        extra=[CertificateFiles(*named)],
-        sni_dir=None,
-    )
-    built = setup.load()
+    default = UserCertificate(CertificateFiles(*default_files))
+    built = CertificateSource(default, extra=[CertificateFiles(*named)]).current
     api = built.others[0][1]
     assert built.context_for("api.example.test") is api
     assert built.context_for("API.EXAMPLE.TEST.") is api
     assert built.context_for("www.example.test") is built.context
-    setup = TLSSetup(default=lambda: load_certificate(*default_files), sni_dir=wild[0].parent)
-    built = setup.load()
+    built = CertificateSource(default, sni_dir=wild[0].parent).current
     by_file = {str(cert.cert_path): context for cert, context in built.others}
     wildcard = by_file[str(wild[0])]
     # The default certificate's exact name beats another file's wildcard.

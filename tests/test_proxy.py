@@ -135,8 +135,8 @@ def _error_of(*arguments: str) -> str:
         (["--backend", "tcp:h:1"], "give --port"),
         (["--port", "0", "--backend", "tcp:h:1", "--workers", "x"], "is not a number"),
         (
-            ["--listen", "tcp:0", "--backend", "tcp:h:1", "--workers", "2"],
-            "--workers shares the --port socket",
+            ["--listen", "stdio:", "--backend", "tcp:h:1", "--workers", "2"],
+            "--listen stdio:: stdio: cannot be shared between processes (--workers)",
         ),
         (["--port", "0", "--backend", "tcp:h:1", "--listen", "ssl:0"], "membio-tls adds TLS"),
     ],

@@ -158,9 +158,10 @@ def test_workers_options_are_checked(tmp_path: Path) -> None:
     assert "--workers 'two' is not a number" in error_of("--workers", "two")
     assert "out of range" in error_of("--workers", "100000")
     assert "--grace" in error_of("--workers", "2", "--grace", "-1")
-    assert "--listen and --redirect-http are not supported" in error_of(
-        "--workers", "2", "--listen", "tcp:0"
-    )
+    assert (
+        "--listen stdio:: stdio: cannot be shared between processes (--workers): only tcp:, "
+        "tcp6:, unix:, systemd: and haproxy: around one of them can"
+    ) in error_of("--workers", "2", "--listen", "stdio:")
     options = tap.Options()
     options.parseOptions(["--cert-dir", str(tmp_path / "c"), "--workers", "3", "--grace", "2.5"])
     assert (options["workers"], options["grace"]) == (3, 2.5)

@@ -153,8 +153,8 @@ def ours_factory(**overrides: Any) -> Any:
         ["--port", "0", "--cert", CERT, "--key", KEY, "--path", WWW, "--reload-interval", "0"]
     )
     site = SecureSite(options["resource"], hsts_max_age=options["hsts_max_age"])
-    kw = options.factory_options()
-    creator = overrides.pop("creator", None) or options["tls_options"]
+    kw = options["serving"].factory_options()
+    creator = overrides.pop("creator", None) or options["serving"].creator
     kw.update(overrides)
     return MemoryBIOTLSFactory(creator, False, site, reactor, **kw), options
 
@@ -364,7 +364,8 @@ def build_variants() -> dict[str, Any]:
     from membio_transport.tls import MemoryBIOTLSFactory
 
     v["ours-trivial-app"] = MemoryBIOTLSFactory(
-        options["tls_options"], False, TrivialFactory(), reactor, **options.factory_options()
+        options["serving"].creator, False, TrivialFactory(), reactor,
+        **options["serving"].factory_options()
     )
     v["twisted-trivial-app"] = TLSMemoryBIOFactory(TW_CREATOR, False, TrivialFactory())
     return v

@@ -14,10 +14,10 @@ What it may import: ``workers``, ``serving``, ``observe``, ``acme``,
 two apps are siblings.
 """
 
-from ._hardening import default_alpn
 from ._info_page import TLSInfoPage, connection_info, find_tls_connection, prefers_html
 from ._redirect import RedirectToHTTPS
 from ._site import DEFAULT_HSTS_MAX_AGE, SecureSite, hsts_header
+from ._web import default_alpn
 from .tap import HTTPSService, Options, makeService
 
 __all__ = [

@@ -1,46 +1,42 @@
 """
-The command line of ``twistd membio-https``: `Options` (on top of the
-`HardeningOptions`), its help text, and the checks that turn a command line
-into listeners, a resource and a TLS setup -- or into one line on standard
+The command line of ``twistd membio-https``: `Options` (the app's own
+options on top of the TLS settings table, `serving.TLSOptions`), its help
+text, and the checks that turn a command line into listeners, a resource
+and the server's TLS (`serving.TLSServing`) -- or into one line on standard
 error and exit status 1 -- before anything listens.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Final, TypeVar
 
-from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import usage
 from twisted.web.resource import Resource
 
-from ..certs import (
-    KEY_PASSWORD_ENV,
-    CertificateError,
-    ServerCertificate,
-    check_key_passwords,
-    default_cert_dir,
-    read_key_password,
-)
+from ..certs import KEY_PASSWORD_ENV, CertificateError
 from ..serving import (
+    DEFAULT_BACKLOG,
     DEFAULT_INTERFACE,
     DEFAULT_PORT,
     TLS_PREFIXES,
     Listener,
-    TLSServerEndpoint,
+    SettingError,
+    TLSOptions,
+    TLSServing,
     endpoint_from,
+    names_for_interface,
     parse_interface,
     parse_port,
-    resolve_certificate,
     tcp_endpoint,
 )
-from ..tls import PROFILES, format_host_port
-from ._hardening import HardeningOptions
+from ..tls import format_host_port
+from ..workers import DEFAULT_GRACE, LISTEN_BACKLOG
 from ._info_page import TLSInfoPage
+from ._web import check_http_alpn, default_alpn, hsts_arguments, hsts_max_age
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -53,10 +49,12 @@ cipher, key-exchange group, SNI name, ALPN protocol and client certificate
 
 Without --cert, a certificate for localhost, 127.0.0.1, ::1, this host's name
 and every --hostname is generated in the certificate directory, signed by a
-local CA created there on first use, and reused (and renewed) on later runs.
-Trust the CA once: the start-up log says how for curl, Python, the system
-store, Chromium and Firefox.  The password of an encrypted --key comes from
---key-password-file or the {KEY_PASSWORD_ENV} environment variable.
+local CA created there on first use, reused on later runs and renewed while
+the server runs.  Trust the CA once: the start-up log says how for curl,
+Python, the system store, Chromium and Firefox.  The password of an
+encrypted --key comes from --key-password-file or the {KEY_PASSWORD_ENV}
+environment variable.  Certificates are reloaded on SIGHUP and when their
+files change.
 
 Examples:
   twistd -n membio-https
@@ -78,8 +76,9 @@ def _doc(text: str) -> Callable[[_F], _F]:
     return set_doc
 
 
-class Options(HardeningOptions):
+class Options(TLSOptions):
     synopsis = "[options]"
+    entry_point = "membio-https"
     #: How users start us, for error messages (``python -m`` changes it).
     command: ClassVar[str] = "twistd membio-https"
 
@@ -96,15 +95,6 @@ class Options(HardeningOptions):
             "IP address to listen on for --port and --redirect-http: 127.0.0.1 serves this "
             "machine only, 0.0.0.0 all IPv4 interfaces, :: all IPv4 and IPv6 interfaces.",
         ],
-        [
-            "key-password-file", None, None,
-            f"File whose first line is the --key password [default: ${KEY_PASSWORD_ENV}].",
-        ],
-        [
-            "cert-dir", None, None,
-            f"Directory for the generated certificate and local CA [default: "
-            f"{default_cert_dir()}].",
-        ],
         ["path", None, None, "Serve the files in this directory instead of the TLS info page."],
         [
             "redirect-http", None, None,
@@ -112,30 +102,26 @@ class Options(HardeningOptions):
             "description, redirecting every request to HTTPS.",
         ],
         [
-            "profile", None, "intermediate",
-            "TLS settings: 'intermediate' (TLS 1.2 and 1.3, ECDHE with AES-GCM or "
-            "ChaCha20-Poly1305) or 'modern' (TLS 1.3 only).",
+            "hsts", None, None,
+            "--hsts or --hsts=SECONDS: send Strict-Transport-Security with this max-age "
+            "[--hsts alone: two years]. Browsers remember it: not for names other servers "
+            "use too (localhost).",
         ],
         [
             "workers", None, "0",
-            "Serve --port from N worker processes sharing its socket and one TLS context "
+            "Serve from N worker processes sharing the listening sockets and one TLS context "
             "(sessions resume on any worker; a crashed worker is restarted); 0 serves from "
             "this process.",
         ],
-        ["grace", None, "10", "With --workers: seconds open connections get to finish on SIGTERM."],
-    ]
-    optFlags: ClassVar[list[list[Any]]] = [
         [
-            "request-client-cert", None,
-            "Ask clients for a certificate (optional, not verified) so that the info page "
-            "can show it.",
+            "grace", None, f"{DEFAULT_GRACE:g}",
+            "With --workers: seconds open connections get to finish on SIGTERM.",
         ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
-        self["hostnames"] = []
 
     @_doc(
         "Also serve HTTPS on this Twisted server endpoint description (repeatable), "
@@ -144,13 +130,6 @@ class Options(HardeningOptions):
     )
     def opt_listen(self, description: str) -> None:
         self["listen"].append(description)
-
-    @_doc(
-        "Extra DNS name or IP address for the generated certificate (repeatable, or "
-        "comma-separated)."
-    )
-    def opt_hostname(self, name: str) -> None:
-        self["hostnames"].extend(part.strip() for part in name.split(",") if part.strip())
 
     def command_name(self) -> str:
         """How the user started us: twistd, twist or python -m (for messages)."""
@@ -168,8 +147,11 @@ class Options(HardeningOptions):
         Parse, and turn any usage error into one line on standard error and
         exit status 1 (twistd would print its whole help text first).
         """
+        import sys
+
+        arguments = hsts_arguments(sys.argv[1:] if options is None else options)
         try:
-            super().parseOptions(options)
+            super().parseOptions(arguments)  # type: ignore[no-untyped-call]  # untyped in Twisted
         except usage.UsageError as error:
             command = self.command_name()
             hint = "" if isinstance(error, _ConfigurationError) else f" (see: {command} --help)"
@@ -178,17 +160,16 @@ class Options(HardeningOptions):
     def postOptions(self) -> None:
         try:
             self._check()
-        except CertificateError as error:
+        except (CertificateError, SettingError) as error:
             raise _ConfigurationError(str(error)) from None
 
     def _check(self) -> None:
-        if self["profile"] not in PROFILES:
-            raise usage.UsageError(
-                f"--profile {self['profile']!r} is unknown; use {' or '.join(PROFILES)}"
-            )
-        self.check_hardening()
         from ._workers import check_https_options
 
+        settings = self.tls_settings(defaults={"alpn": tuple(default_alpn())})
+        check_http_alpn(settings.alpn)
+        self["settings"] = settings
+        self["hsts_max_age"] = hsts_max_age(self["hsts"])
         check_https_options(self)
         self["interface"] = parse_interface(self["interface"])
         explicit_port = self["port"] is not None
@@ -199,16 +180,19 @@ class Options(HardeningOptions):
         self["resource"] = self._resource()
         plain_listeners = self._plain_listeners()
         self["redirect_listener"] = self._redirect_listener()
-        own = self["cert"] is not None or self["key"] is not None
-        if self["key-password-file"] is not None and not own and self["sni-dir"] is None:
-            raise usage.UsageError("--key-password-file applies to --key, which was not given")
-        keys = own or self["sni-dir"] is not None
-        password = read_key_password(self["key-password-file"]) if keys else None
-        self["tls_setup"] = self.tls_setup(lambda: self._certificate(password), password)
-        self["tls_options"], self["certificates"] = self["tls_setup"].options()
-        self["certificate"] = self["certificates"].default
+        self["shared"] = self._shared(plain_listeners)
+        from twisted.internet import reactor
+
+        serving = TLSServing(
+            settings,
+            names=names_for_interface(self["interface"]),
+            clock=None,  # the global reactor when needed: a forked worker has its own
+            log_system="membio-https",
+        )
+        self["serving"] = serving
+        self["certificate"] = serving.certificate
         for listener in plain_listeners:
-            listener.endpoint = self._wrap(listener.endpoint)
+            listener.endpoint = serving.wrap(listener.endpoint, clock=reactor)
         self["listeners"] = plain_listeners
 
     def _resource(self) -> Resource:
@@ -227,28 +211,12 @@ class Options(HardeningOptions):
         self["path"] = path
         return File(os.fspath(path))
 
-    def _certificate(self, password: bytes | None) -> ServerCertificate:
-        own = self["cert"] is not None or self["key"] is not None
-        if own:
-            if self["cert"] is None:
-                raise usage.UsageError("--key needs --cert (the certificate for that key)")
-            for option in ("cert-dir", "hostnames"):
-                if self[option]:
-                    name = "--hostname" if option == "hostnames" else f"--{option}"
-                    raise usage.UsageError(
-                        f"{name} applies to generated certificates, not to --cert"
-                    )
-            check_key_passwords(
-                [self["key"] or self["cert"]], password, "--key-password-file FILE"
-            )
-            return resolve_certificate(
-                cert_file=self["cert"], key_file=self["key"], password=password
-            )
-        names = list(self["hostnames"])
-        address = ipaddress.ip_address(self["interface"])
-        if not address.is_unspecified and not address.is_loopback:
-            names.append(self["interface"])
-        return resolve_certificate(cert_dir=self["cert-dir"], hostnames=names)
+    def _backlog(self) -> int:
+        """--port's listen queue: --backlog, else ours (the pool's with --workers)."""
+        backlog: int | None = self["settings"].backlog
+        if backlog is not None:
+            return backlog
+        return LISTEN_BACKLOG if self["workers"] else DEFAULT_BACKLOG
 
     def _plain_listeners(self) -> list[Listener]:
         """The HTTPS listeners, before TLS is added to their endpoints."""
@@ -259,7 +227,7 @@ class Options(HardeningOptions):
             listeners.append(
                 Listener(
                     format_host_port(self["interface"], self["port"]),
-                    tcp_endpoint(reactor, self["interface"], self["port"]),
+                    tcp_endpoint(reactor, self["interface"], self["port"], self._backlog()),
                     "--port",
                 )
             )
@@ -270,21 +238,9 @@ class Options(HardeningOptions):
                     f"--listen {description}: {prefix}: is a TLS endpoint already; give a plain "
                     "one such as tcp:8443 or unix:/run/web.sock and membio-https adds TLS"
                 )
-            inner = endpoint_from(reactor, "--listen", description)
+            inner = endpoint_from(reactor, "--listen", description, self._backlog())
             listeners.append(Listener(description, inner, "--listen"))
         return listeners
-
-    def _wrap(self, endpoint: IStreamServerEndpoint) -> TLSServerEndpoint:
-        from twisted.internet import reactor
-
-        limit = self.connection_limit()
-        return TLSServerEndpoint(
-            endpoint if limit is None else limit.wrap(endpoint),
-            self["tls_options"],
-            clock=reactor,
-            certificate=self["certificate"],
-            factory_options=self.factory_options(),
-        )
 
     def _redirect_listener(self) -> Listener | None:
         value = self["redirect-http"]
@@ -294,10 +250,22 @@ class Options(HardeningOptions):
 
         if value.isdigit():
             port = parse_port("--redirect-http", value)
-            endpoint = tcp_endpoint(reactor, self["interface"], port)
+            endpoint = tcp_endpoint(reactor, self["interface"], port, self._backlog())
             return Listener(format_host_port(self["interface"], port), endpoint, "--redirect-http")
-        endpoint = endpoint_from(reactor, "--redirect-http", value)
+        endpoint = endpoint_from(reactor, "--redirect-http", value, self._backlog())
         return Listener(value, endpoint, "--redirect-http")
+
+    def _shared(self, listeners: list[Listener]) -> list[Any]:
+        """With --workers: how each listener is shared (or a one-line refusal)."""
+        if not self["workers"]:
+            return []
+        from ..workers import SharingRefused, share
+
+        every = [*listeners, *filter(None, [self["redirect_listener"]])]
+        try:
+            return [share(item.endpoint, item.label, item.port_option) for item in every]
+        except SharingRefused as error:
+            raise usage.UsageError(str(error)) from None
 
 
 class _ConfigurationError(usage.UsageError):

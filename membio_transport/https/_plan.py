@@ -9,11 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from twisted.application.service import Service
-
 from ..certs import ServerCertificate
 from ..serving import Listener
-from ._hardening import default_alpn
+from ._web import default_alpn
 
 
 @dataclass
@@ -30,7 +28,5 @@ class Plan:
     command: str
     daemon: bool
     alpn: list[bytes] = field(default_factory=default_alpn)
-    #: Start-up log lines about hardening settings (SNI, client certificates...).
+    #: Start-up log lines about the TLS settings (SNI, client certificates...).
     notes: list[str] = field(default_factory=list)
-    #: Run alongside the listeners (the certificate reloader).
-    helpers: list[Service] = field(default_factory=list)

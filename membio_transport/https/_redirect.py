@@ -58,3 +58,11 @@ def _request_host(header: bytes | None) -> str | None:
     if host and len(host) <= 253 and set(host) <= allowed:
         return host
     return None
+
+
+def redirect_host(interface: str) -> str:
+    """Where redirects point when a request has no usable Host header."""
+    address = ipaddress.ip_address(interface)
+    if address.is_loopback or address.is_unspecified:
+        return "localhost"
+    return format_host(str(address))

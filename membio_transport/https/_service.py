@@ -2,7 +2,8 @@
 `HTTPSService`, what ``twistd membio-https`` runs: it listens on every
 endpoint of its `Plan` (before twistd drops privileges), turns a listener
 that cannot listen into a one-line error and exit status 1, stops them all
-again, and starts its helpers and the start-up log once everything listens.
+again, and logs where to browse once everything listens (the TLS lifecycle
+runs with the ports: see ``serving.TLSServing``).
 """
 
 from __future__ import annotations
@@ -70,16 +71,11 @@ class HTTPSService(StartupLog, Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # untyped in Twisted
         self._listen()  # when started without the privileged step
-        for helper in self.plan.helpers:
-            helper.startService()
         if not self._pending:
             self._announce()
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()  # type: ignore[no-untyped-call]  # untyped in Twisted
-        for helper in self.plan.helpers:
-            if helper.running:
-                helper.stopService()
         for pending in list(self._pending):
             pending.cancel()
         every = [self.plan.redirect, *self.plan.listeners]

@@ -17,8 +17,16 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from ..serving import DEFAULT_PORT, TLSServing
 from ..tls import format_host, format_host_port
-from ..workers import AdoptedSocketEndpoint, WorkerPool, open_port_socket, parse_worker_options
+from ..workers import (
+    SharedListener,
+    WorkerPool,
+    close_shared,
+    open_shared_sockets,
+    parse_worker_options,
+)
+from ._redirect import RedirectToHTTPS, redirect_host
 
 __all__ = ["check_https_options", "close_idle_http", "https_service"]
 
@@ -59,66 +67,91 @@ def close_idle_http(protocol: Any) -> bool:
 
 def https_service(options: Any, make_site: Callable[[], Site]) -> WorkerPool:
     """
-    ``membio-https --workers N``: the parent binds --port and keeps the TLS
-    context the options built; each worker serves the same site as a
-    single ``membio-https`` process would (C{make_site}), on the shared
-    socket.
+    ``membio-https --workers N``: the parent binds every listener (--port,
+    the --listen endpoints that can be shared, --redirect-http) and keeps
+    the TLS context the options built, with its certificate lifecycle; each
+    worker serves the same site as a single ``membio-https`` process would
+    (C{make_site}), on the shared sockets.
     """
-    if options["listen"] or options["redirect-http"] is not None:
-        # Checked by the options already; kept here for direct callers.
-        raise ValueError("--workers serves the --port socket only")
     command = options.command_name()
-    interface, port = options["interface"], options["port"]
+    serving: TLSServing = options["serving"]
+    shared: list[SharedListener] = options["shared"]
+    redirect = options["redirect_listener"] is not None
+    https = shared[:-1] if redirect else shared
 
     def start_worker(reactor: Any, sockets: Sequence[socket.socket]) -> list[Any]:
         # Built here, in the worker, so that its timers use this reactor.
+        # The parent reloads certificates (a reload forks new workers), so
+        # the worker's endpoints run no lifecycle of their own.
         site = make_site()
-        return [
-            options._wrap(AdoptedSocketEndpoint(reactor, sock)).listen(site) for sock in sockets
+        listening = [
+            serving.wrap(listener.endpoint(reactor, sock), clock=reactor, lifecycle=False)
+            .listen(site)
+            for listener, sock in zip(https, sockets, strict=False)
         ]
+        if redirect:
+            answer = RedirectToHTTPS(redirect_host(options["interface"]))
+            answer.https_port = _https_port(sockets)
+            listening.append(shared[-1].endpoint(reactor, sockets[-1]).listen(Site(answer)))
+        return listening
 
     def announce(sockets: Sequence[socket.socket]) -> None:
-        certificate = options["certificate"]
-        host, bound = sockets[0].getsockname()[:2]
-        url = f"https://{_browse_host(host)}:{bound}/"
-        lines = [
-            f"HTTPS on {format_host_port(host, bound)}, shared by {options['workers']} worker "
-            f"process(es) with one TLS context (sessions resume on any worker)"
-        ]
-        if options["cert"]:
+        certificate = serving.certificate
+        urls: list[str] = []
+        lines = []
+        for listener, sock in zip(https, sockets, strict=False):
+            where = _where(sock, listener)
+            lines.append(
+                f"HTTPS on {where}, shared by {options['workers']} worker process(es) with "
+                "one TLS context (sessions resume on any worker)"
+            )
+            address = sock.getsockname()
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                urls.append(f"https://{_browse_host(address[0])}:{address[1]}/")
+        if redirect:
+            lines.append(f"plain HTTP on {_where(sockets[-1], shared[-1])} redirects to HTTPS")
+        if serving.settings.own_certificate:
             lines += [f"using your certificate: {line.strip()}" for line in certificate.summary()]
         else:
-            lines += certificate.trust_instructions(url)
-        lines.append(f"ready: open {url}")
+            lines += certificate.trust_instructions(urls[0] if urls else "https://localhost/")
+        lines += [f"ready: open {url}" for url in urls] or ["ready (no TCP listener)"]
         for line in lines:
             _log.info("{line}", line=line, log_system="membio-https")
 
-    hardening_services = getattr(options, "hardening_services", None)
     return WorkerPool(
-        lambda: open_port_socket(command, interface, port),
+        lambda: open_shared_sockets(command, shared),
         start_worker,
         options["workers"],
         grace=options["grace"],
         close_idle=close_idle_http,
         announce=announce,
-        # The certificate reloader runs here, in the parent: a reload makes
+        # The certificate lifecycle runs here, in the parent: a reload makes
         # a new context, and the workers are then replaced by new forks.
-        helpers=hardening_services() if hardening_services is not None else (),
-        context_of=lambda: getattr(options["tls_options"], "context", None),
+        helpers=[serving.service()],
+        context_of=lambda: serving.creator.context,
+        cleanup=lambda: close_shared(shared),
         system="membio-https",
     )
 
 
-def check_https_options(options: Any) -> None:
-    """``membio-https``: parse --workers/--grace and refuse what workers cannot share."""
-    from twisted.python import usage
+def _where(sock: socket.socket, listener: SharedListener) -> str:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        host, port = sock.getsockname()[:2]
+        return format_host_port(host, port)
+    return listener.label
 
+
+def _https_port(sockets: Sequence[socket.socket]) -> int:
+    """The first TCP port HTTPS is served on, where redirects point."""
+    for sock in sockets:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            return int(sock.getsockname()[1])
+    return DEFAULT_PORT
+
+
+def check_https_options(options: Any) -> None:
+    """``membio-https``: parse --workers/--grace (what can be shared is checked later)."""
     parse_worker_options(options)
-    if options["workers"] and (options["listen"] or options["redirect-http"] is not None):
-        raise usage.UsageError(
-            "--workers shares the --port socket among processes; --listen and "
-            "--redirect-http are not supported with it (run a separate membio-https for them)"
-        )
 
 
 def _browse_host(host: str) -> str:

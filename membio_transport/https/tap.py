@@ -11,25 +11,23 @@ in use or needing privileges) end the program with one line on standard
 error and exit status 1, not with a traceback.
 
 This is the module the plugin's ServiceMaker names: it holds `makeService`
-and re-exports `Options`.  The parts live in their own modules: the command
-line in `_https_options`, the listeners in `_listeners`, the service in
-`_https_service` (with its `Plan` in `_https_plan`), the start-up log in
-`_startup_log`, the one-line start-up errors in `_startup_errors` and the
-HTTP-to-HTTPS redirect in `_http_redirect`.
+and `Options` (from `_options`).  The parts live in their own modules: the
+command line in `_options` (the TLS options come from the serving layer's
+settings table), HSTS and the HTTP ALPN protocols in `_web`, the service in
+`_service` (with its `Plan` in `_plan`), the start-up log in
+`_startup_log`, the HTTP-to-HTTPS redirect in `_redirect`, the site in
+`_site` and `_info_page`, and ``--workers`` in `_workers`.
 """
 
 from __future__ import annotations
 
-import ipaddress
-
 from twisted.application.service import Service
 
 from ..certs import ServerCertificate
-from ..serving import DEFAULT_PORT, Listener, StartupError
-from ..tls import format_host
+from ..serving import DEFAULT_PORT, Listener, StartupError, TLSServing
 from ._options import Options
 from ._plan import Plan
-from ._redirect import RedirectToHTTPS
+from ._redirect import RedirectToHTTPS, redirect_host
 from ._service import HTTPSService
 from ._site import SecureSite
 
@@ -44,22 +42,18 @@ def makeService(options: Options) -> Service:
         return https_service(options, lambda: site_of(options))
     parent = getattr(options, "parent", None)
     daemon = bool(parent is not None and not parent.get("nodaemon", True))
-    certificate: ServerCertificate = options["certificate"]
-    generated_in = None if options["cert"] else certificate.cert_path.parent
+    serving: TLSServing = options["serving"]
+    certificate: ServerCertificate = serving.certificate
+    settings = serving.settings
+    generated_in = None if settings.own_certificate else certificate.cert_path.parent
     redirect_listener: Listener | None = options["redirect_listener"]
     interface = options["interface"]
-    # Where redirects point when a request has no usable Host header.
-    address = ipaddress.ip_address(interface)
-    if address.is_loopback or address.is_unspecified:
-        default_host = "localhost"
-    else:
-        default_host = format_host(str(address))
     plan = Plan(
         listeners=options["listeners"],
         redirect=redirect_listener,
         certificate=certificate,
         generated_in=generated_in,
-        profile=options["profile"],
+        profile=settings.profile,
         content=(
             "the TLS information page" if options["path"] is None
             else f"files from {options['path']}"
@@ -67,12 +61,22 @@ def makeService(options: Options) -> Service:
         interface=interface,
         command=options.command_name(),
         daemon=daemon,
-        alpn=options["alpn_list"],
-        notes=options.hardening_summary(),
-        helpers=options.hardening_services(),
+        alpn=list(settings.alpn),
+        notes=notes_of(options),
     )
-    redirect = None if redirect_listener is None else RedirectToHTTPS(default_host)
+    redirect = (
+        None if redirect_listener is None else RedirectToHTTPS(redirect_host(interface))
+    )
     return HTTPSService(plan, site_of(options), redirect)
+
+
+def notes_of(options: Options) -> list[str]:
+    """Start-up log lines about the TLS settings, and HSTS."""
+    serving: TLSServing = options["serving"]
+    notes = serving.summary()
+    if options["hsts_max_age"] is not None:
+        notes.insert(-1, f"Strict-Transport-Security: max-age={options['hsts_max_age']}")
+    return notes
 
 
 def site_of(options: Options) -> SecureSite:

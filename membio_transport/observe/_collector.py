@@ -56,7 +56,7 @@ class RefusalCounter(Protocol):
 
 
 class ReloadCounters(Protocol):
-    """A certificate reloader (``_reload.CertificateReloader``)."""
+    """A certificate source (``serving.CertificateSource``) and its reload counters."""
 
     reloads: int
     failures: int

@@ -27,16 +27,19 @@ transport), and the other direction keeps flowing until it ends too.
 *Who the client is.*  The backend sees connections from us; with the PROXY
 protocol (version 1, text, or version 2, binary) the first bytes it reads
 name the client's address, and for version 2 also the SNI name, the ALPN
-protocol and the TLS version and cipher, as HAProxy's ``send-proxy-v2-ssl``
-does.
+protocol, the TLS version and cipher, and the client certificate's common
+name and verification, as HAProxy's ``send-proxy-v2-ssl-cn`` does.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
@@ -50,10 +53,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..tls import format_address
+from ..tls import format_address, verified_peer_certificate
 
 __all__ = [
     "PROXY_PROTOCOL_VERSIONS",
+    "ClientCertificate",
     "ProxyFactory",
     "ProxyVersion",
     "proxy_header_v1",
@@ -79,10 +83,13 @@ _PP2_TYPE_ALPN: Final = 0x01
 _PP2_TYPE_AUTHORITY: Final = 0x02
 _PP2_TYPE_SSL: Final = 0x20
 _PP2_SUBTYPE_SSL_VERSION: Final = 0x21
+_PP2_SUBTYPE_SSL_CN: Final = 0x22
 _PP2_SUBTYPE_SSL_CIPHER: Final = 0x23
-#: In the SSL TLV: the client connected over TLS (and nothing else is claimed
-#: here: no client certificate is asked for, so ``verify`` is non-zero).
+#: In the SSL TLV's client field: the client connected over TLS, and it
+#: presented a certificate on this connection and in its TLS session.
 _PP2_CLIENT_SSL: Final = 0x01
+_PP2_CLIENT_CERT_CONN: Final = 0x02
+_PP2_CLIENT_CERT_SESS: Final = 0x04
 
 
 # ------------------------------------------------------------------ PROXY headers
@@ -132,10 +139,14 @@ def proxy_header_v2(
     server_name: bytes | None = None,
     tls_version: str | None = None,
     cipher: str | None = None,
+    client_certificate: ClientCertificate | None = None,
 ) -> bytes:
     """
     The PROXY protocol version 2 header for a connection from C{source} to
-    C{destination}, with TLVs for what the TLS handshake told us.
+    C{destination}, with TLVs for what the TLS handshake told us: the ALPN
+    protocol, the SNI name, the TLS version and cipher, and whether the
+    client presented a certificate, its common name and whether it was
+    verified (``--client-ca``).
     """
     pair = _ip_pair(source, destination)
     if pair is None:
@@ -151,12 +162,38 @@ def proxy_header_v2(
         tlvs += _tlv(_PP2_TYPE_AUTHORITY, server_name)
     if tls_version is not None:
         sub = _tlv(_PP2_SUBTYPE_SSL_VERSION, tls_version.encode("ascii"))
+        client, verify = _PP2_CLIENT_SSL, 1  # verify 0: a certificate was verified
+        if client_certificate is not None:
+            client |= _PP2_CLIENT_CERT_CONN | _PP2_CLIENT_CERT_SESS
+            verify = 0 if client_certificate.verified else 1
+            if client_certificate.common_name:
+                sub += _tlv(_PP2_SUBTYPE_SSL_CN, client_certificate.common_name.encode())
         if cipher:
             sub += _tlv(_PP2_SUBTYPE_SSL_CIPHER, cipher.encode("ascii"))
-        # client flags, then verify (non-zero: no client certificate verified)
-        tlvs += _tlv(_PP2_TYPE_SSL, struct.pack("!BI", _PP2_CLIENT_SSL, 1) + sub)
+        tlvs += _tlv(_PP2_TYPE_SSL, struct.pack("!BI", client, verify) + sub)
     body = addresses + tlvs
     return _V2_SIGNATURE + struct.pack("!BBH", _V2_PROXY, family, len(body)) + body
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """What the PROXY v2 header says about a client's certificate."""
+
+    common_name: str | None
+    verified: bool
+
+    @classmethod
+    def of(cls, connection: SSL.Connection) -> ClientCertificate | None:
+        """The client certificate of C{connection}, if the client presented one."""
+        peer = connection.get_peer_certificate(as_cryptography=True)
+        if peer is None:
+            return None
+        names = peer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        name = names[0].value if names else None
+        return cls(
+            name if isinstance(name, str) else None,
+            verified_peer_certificate(connection) is not None,
+        )
 
 
 # ------------------------------------------------------------------ the relay
@@ -400,4 +437,5 @@ class ProxyFactory(Factory):
             server_name=connection.get_servername(),
             tls_version=connection.get_protocol_version_name(),
             cipher=connection.get_cipher_name(),
+            client_certificate=ClientCertificate.of(connection),
         )

@@ -26,34 +26,34 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from ..certs import (
-    KEY_PASSWORD_ENV,
-    CertificateError,
-    check_key_passwords,
-    default_cert_dir,
-    read_key_password,
-)
+from ..certs import CertificateError
 from ..serving import (
+    DEFAULT_BACKLOG,
     TLS_PREFIXES,
     Listener,
+    SettingError,
     StartupError,
-    TLSServerEndpoint,
-    build_server_context,
+    TLSOptions,
+    TLSServing,
     endpoint_from,
     exit_with_message,
     listen_error,
+    names_for_interface,
     parse_interface,
     parse_port,
-    resolve_certificate,
     tcp_endpoint,
 )
-from ..tls import PROFILES, ServerTLSOptions, format_host_port
+from ..tls import format_address, format_host_port
 from ..workers import (
     DEFAULT_GRACE,
-    AdoptedSocketEndpoint,
+    LISTEN_BACKLOG,
+    SharedListener,
+    SharingRefused,
     WorkerPool,
-    open_port_socket,
+    close_shared,
+    open_shared_sockets,
     parse_worker_options,
+    share,
 )
 from ._relay import PROXY_PROTOCOL_VERSIONS, ProxyFactory
 
@@ -68,20 +68,24 @@ _DESCRIPTION: Final = """\
 TLS termination proxy on membio-transport's TLS: accepts TLS on --port or
 --listen and relays each decrypted connection to --backend, with
 backpressure and half-close in both directions.  Without --cert, a
-certificate is generated (and reused) as for membio-https.
+certificate is generated (and reused, and renewed while running) as for
+membio-https; certificates are reloaded on SIGHUP and when their files
+change.  --alpn offers any protocol names: the negotiated one is what the
+backend sees in a PROXY v2 header.
 """
 
 _EXAMPLES: Final = """\
 Examples:
   twistd -n membio-tls --port 6697 --backend tcp:127.0.0.1:6667
   twistd -n membio-tls --port 8443 --backend tcp:127.0.0.1:8080 --proxy-protocol v2 \\
-      --cert chain.pem --key key.pem --workers 2
+      --alpn h2,http/1.1 --cert chain.pem --key key.pem --workers 2
   twistd -n membio-tls --listen 'haproxy:tcp:8443' --backend unix:/run/app.sock
 """
 
 
-class Options(usage.Options):
+class Options(TLSOptions):
     synopsis = "--port PORT --backend ENDPOINT [options]"
+    entry_point = "membio-tls"
     command: ClassVar[str] = "twistd membio-tls"
     longdesc = ""  # see getUsage
 
@@ -100,26 +104,13 @@ class Options(usage.Options):
         [
             "proxy-protocol", None, None,
             "Start every backend connection with a PROXY protocol header naming the "
-            "client: v1 (text) or v2 (binary, also carries SNI, ALPN and TLS version).",
-        ],
-        ["cert", "c", None, "Your PEM certificate chain (leaf first)."],
-        ["key", "k", None, "Your PEM private key for --cert."],
-        [
-            "key-password-file", None, None,
-            f"File whose first line is the --key password [default: ${KEY_PASSWORD_ENV}].",
-        ],
-        [
-            "cert-dir", None, None,
-            f"Directory for a generated certificate [default: {default_cert_dir()}].",
-        ],
-        [
-            "profile", None, "intermediate",
-            "TLS settings: 'intermediate' (TLS 1.2 and 1.3) or 'modern' (TLS 1.3 only).",
+            "client: v1 (text) or v2 (binary, also carries SNI, ALPN, TLS version and "
+            "client certificate).",
         ],
         [
             "workers", None, "0",
-            "Accept on the --port socket from N worker processes sharing one TLS context; "
-            "0 serves from this process.",
+            "Accept on the listening sockets from N worker processes sharing one TLS "
+            "context; 0 serves from this process.",
         ],
         [
             "grace", None, f"{DEFAULT_GRACE:g}",
@@ -128,17 +119,12 @@ class Options(usage.Options):
     ]
 
     def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]  # twisted.python.usage is untyped
+        super().__init__()
         self["listen"] = []
-        self["hostnames"] = []
 
     def opt_listen(self, description: str) -> None:
         """Also accept TLS on this plain server endpoint (repeatable), e.g. haproxy:tcp:8443."""
         self["listen"].append(description)
-
-    def opt_hostname(self, name: str) -> None:
-        """Extra name for a generated certificate (repeatable, or comma-separated)."""
-        self["hostnames"].extend(part.strip() for part in name.split(",") if part.strip())
 
     def command_name(self) -> str:
         parent = getattr(self, "parent", None)
@@ -152,19 +138,18 @@ class Options(usage.Options):
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         try:
             super().parseOptions(options)  # type: ignore[no-untyped-call]  # untyped in Twisted
+        except (SettingError, CertificateError) as error:
+            raise SystemExit(f"{self.command_name()}: error: {error}") from None
         except usage.UsageError as error:
             command = self.command_name()
             raise SystemExit(f"{command}: error: {error} (see: {command} --help)") from None
-        except CertificateError as error:
-            raise SystemExit(f"{self.command_name()}: error: {error}") from None
 
     def postOptions(self) -> None:
         from twisted.internet import reactor
         from twisted.internet.endpoints import clientFromString
 
         parse_worker_options(self)
-        if self["profile"] not in PROFILES:
-            raise usage.UsageError(f"--profile {self['profile']!r} is unknown")
+        settings = self.tls_settings()
         version = self["proxy-protocol"]
         if version is not None and version not in PROXY_PROTOCOL_VERSIONS:
             raise usage.UsageError(f"--proxy-protocol {version!r} is unknown; use v1 or v2")
@@ -186,28 +171,35 @@ class Options(usage.Options):
             raise usage.UsageError("give --port (or --listen) to accept TLS connections on")
         if self["port"] is not None:
             self["port"] = parse_port("--port", self["port"])
-        if self["workers"] and (self["listen"] or self["port"] is None):
-            raise usage.UsageError(
-                "--workers shares the --port socket among processes; --listen is not "
-                "supported with it"
+        backlog = settings.backlog or (LISTEN_BACKLOG if self["workers"] else DEFAULT_BACKLOG)
+        plain = self._plain_listeners(reactor, backlog)
+        try:
+            self["shared"] = (
+                [share(item.endpoint, item.label, item.port_option) for item in plain]
+                if self["workers"] else []
             )
-        plain = self._plain_listeners(reactor)
-        context = self._context()
-        self["tls_options"] = ServerTLSOptions(context)
+        except SharingRefused as error:
+            raise usage.UsageError(str(error)) from None
+        serving = TLSServing(
+            settings,
+            names=() if self["port"] is None else names_for_interface(self["interface"]),
+            clock=None,  # the global reactor when needed: a forked worker has its own
+            log_system=_SYSTEM,
+        )
+        self["serving"] = serving
+        self["certificate"] = serving.certificate
         for listener in plain:
-            listener.endpoint = TLSServerEndpoint(
-                listener.endpoint, self["tls_options"], clock=reactor
-            )
+            listener.endpoint = serving.wrap(listener.endpoint, clock=reactor)
         self["listeners"] = plain
 
-    def _plain_listeners(self, reactor: Any) -> list[Listener]:
+    def _plain_listeners(self, reactor: Any, backlog: int) -> list[Listener]:
         listeners = []
         if self["port"] is not None:
             interface, port = self["interface"], self["port"]
             listeners.append(
                 Listener(
                     format_host_port(interface, port),
-                    tcp_endpoint(reactor, interface, port),
+                    tcp_endpoint(reactor, interface, port, backlog),
                     "--port",
                 )
             )
@@ -218,30 +210,13 @@ class Options(usage.Options):
                     "membio-tls adds TLS"
                 )
             listeners.append(
-                Listener(description, endpoint_from(reactor, "--listen", description), "--listen")
+                Listener(
+                    description,
+                    endpoint_from(reactor, "--listen", description, backlog),
+                    "--listen",
+                )
             )
         return listeners
-
-    def _context(self) -> Any:
-        own = self["cert"] is not None or self["key"] is not None
-        if self["key-password-file"] is not None and not own:
-            raise usage.UsageError("--key-password-file applies to --key, which was not given")
-        if own and self["cert"] is None:
-            raise usage.UsageError("--key needs --cert (the certificate for that key)")
-        password = read_key_password(self["key-password-file"]) if own else None
-        if own:
-            check_key_passwords(
-                [self["key"] or self["cert"]], password, "--key-password-file FILE"
-            )
-        certificate = resolve_certificate(
-            cert_file=self["cert"],
-            key_file=self["key"],
-            password=password,
-            cert_dir=self["cert-dir"],
-            hostnames=self["hostnames"],
-        )
-        self["certificate"] = certificate
-        return build_server_context(certificate, password=password, profile=self["profile"])
 
 
 def _proxy_factory(reactor: Any, options: Options) -> ProxyFactory:
@@ -255,13 +230,16 @@ def _proxy_factory(reactor: Any, options: Options) -> ProxyFactory:
 
 
 def _summary(options: Options) -> list[str]:
-    certificate = options["certificate"]
+    serving: TLSServing = options["serving"]
+    certificate = serving.certificate
     proxy = options["proxy-protocol"]
+    alpn = ", ".join(name.decode("ascii") for name in serving.settings.alpn) or "none"
     lines = [
         f"forwarding decrypted connections to {options['backend']}"
-        + (f" with a PROXY protocol {proxy} header" if proxy else "")
+        + (f" with a PROXY protocol {proxy} header" if proxy else ""),
+        f"TLS profile {serving.settings.profile}, ALPN {alpn}",
     ]
-    if options["cert"]:
+    if serving.settings.own_certificate:
         lines += [f"using your certificate: {line.strip()}" for line in certificate.summary()]
     else:
         lines += [
@@ -269,7 +247,7 @@ def _summary(options: Options) -> list[str]:
             f"  clients must trust {certificate.trust_path} "
             f"(for example: openssl s_client -CAfile {certificate.trust_path} ...)",
         ]
-    return lines
+    return lines + serving.summary()
 
 
 class TLSProxyService(Service):
@@ -313,10 +291,9 @@ class TLSProxyService(Service):
             port = outcome[0]
             self.ports.append(port)
             address = port.getHost()
-            host, number = getattr(address, "host", None), getattr(address, "port", None)
             where = (
-                format_host_port(host, number)
-                if isinstance(host, str) and isinstance(number, int)
+                format_address(address)
+                if isinstance(getattr(address, "port", None), int)
                 else listener.label
             )
             lines.append(f"TLS on {where}")
@@ -332,35 +309,46 @@ class TLSProxyService(Service):
 
 def _worker_pool(options: Options) -> WorkerPool:
     command = options.command_name()
-    interface, port = options["interface"], options["port"]
+    serving: TLSServing = options["serving"]
+    shared: list[SharedListener] = options["shared"]
 
     def start_worker(reactor: Any, sockets: Sequence[socket.socket]) -> list[Any]:
+        # The parent reloads certificates (a reload forks new workers), so
+        # the worker's endpoints run no lifecycle of their own.
         factory = _proxy_factory(reactor, options)
         return [
-            TLSServerEndpoint(
-                AdoptedSocketEndpoint(reactor, sock), options["tls_options"], clock=reactor
-            ).listen(factory)
-            for sock in sockets
+            serving.wrap(listener.endpoint(reactor, sock), clock=reactor, lifecycle=False)
+            .listen(factory)
+            for listener, sock in zip(shared, sockets, strict=True)
         ]
 
     def announce(sockets: Sequence[socket.socket]) -> None:
-        host, bound = sockets[0].getsockname()[:2]
         lines = [
-            f"TLS on {format_host_port(host, bound)}, shared by {options['workers']} worker "
-            "process(es) with one TLS context",
-            *_summary(options),
+            f"TLS on {_where(sock, listener)}, shared by {options['workers']} worker "
+            "process(es) with one TLS context"
+            for listener, sock in zip(shared, sockets, strict=True)
         ]
-        for line in lines:
+        for line in [*lines, *_summary(options)]:
             _log.info("{line}", line=line, log_system=_SYSTEM)
 
     return WorkerPool(
-        lambda: open_port_socket(command, interface, port),
+        lambda: open_shared_sockets(command, shared),
         start_worker,
         options["workers"],
         grace=options["grace"],
         announce=announce,
+        helpers=[serving.service()],
+        context_of=lambda: serving.creator.context,
+        cleanup=lambda: close_shared(shared),
         system=_SYSTEM,
     )
+
+
+def _where(sock: socket.socket, listener: SharedListener) -> str:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        host, port = sock.getsockname()[:2]
+        return format_host_port(host, port)
+    return listener.label
 
 
 def makeService(options: Options) -> Service:

@@ -4,24 +4,26 @@ point (the ``membio:`` endpoint, ``twistd membio-https``, ``twistd
 membio-tls`` and their ``--workers`` parents).
 
 What this layer is for: from a server's TLS settings to listeners that
-serve TLS -- where the certificates come from and how they are reloaded,
-how a certificate becomes an SSL context, SNI, connection limits, the
-listening endpoints and the one-line start-up errors, and the ``membio:``
-endpoint strings.  A feature added here reaches all three entry points.
+serve TLS.  ``_settings`` is the one table of settings (name, flag,
+endpoint key, default, parser); `TLSServing` (``_server``) builds from them
+the certificate source and its lifecycle (``_source``: generated leaf
+renewed in process, files reloaded on change and on SIGHUP through
+``_signals``, the SNI directory of ``_sni``), the contexts (``_context``),
+the factory policy and the connection limit (``_limits``), and wraps
+endpoints (``_tlsendpoint``).  Listeners and the one-line start-up errors
+(``_listeners``, ``_startup_errors``) and the ``membio:`` endpoint strings
+(``_endpoint``) are here too.  A feature added here reaches all three entry
+points.
 
-What it may import: the ``tls`` and ``certs`` layers (through their faces),
-Twisted, pyOpenSSL and cryptography.  It never imports ``workers``,
-``https`` or ``proxy``: those are built on it.
+What it may import: the ``tls`` and ``certs`` layers, and ``acme`` and
+``observe`` (which it will wire in), through their faces; Twisted,
+pyOpenSSL and cryptography.  It never imports ``workers``, ``https`` or
+``proxy``: those are built on it.
 """
 
+from ._commandline import TLSOptions
 from ._context import build_server_context
-from ._endpoint import (
-    DEFAULT_BACKLOG,
-    TLSServerEndpoint,
-    parse_client,
-    parse_server,
-    resolve_certificate,
-)
+from ._endpoint import parse_client, parse_server
 from ._limits import BURST_GAP, BURST_REPORT_EVERY, ConnectionLimit, LimitedEndpoint
 from ._listeners import (
     DEFAULT_INTERFACE,
@@ -29,13 +31,37 @@ from ._listeners import (
     TLS_PREFIXES,
     Listener,
     endpoint_from,
+    names_for_interface,
     parse_interface,
     parse_port,
     tcp_endpoint,
 )
-from ._reload import DEFAULT_POLL_INTERVAL, CertificateReloader
-from ._sni import CertificateFiles, CertificateSet, TLSSetup, load_client_ca, scan_sni_dir
+from ._server import TLSServing
+from ._settings import (
+    DEFAULT_BACKLOG,
+    DEFAULT_POLL_INTERVAL,
+    ENTRY_POINTS,
+    SETTINGS,
+    EntryPoint,
+    Setting,
+    SettingError,
+    TLSSettings,
+    flag_of,
+    key_of,
+    parse_values,
+    said,
+    setting,
+)
+from ._signals import SIGHUP, SignalDispatcher
+from ._sni import CertificateFiles, CertificateSet, load_client_ca, scan_sni_dir
+from ._source import (
+    RENEWAL_RETRY,
+    CertificateSource,
+    GeneratedCertificate,
+    UserCertificate,
+)
 from ._startup_errors import StartupError, exit_status_one, exit_with_message, listen_error
+from ._tlsendpoint import ServingPort, TLSServerEndpoint
 
 __all__ = [
     "BURST_GAP",
@@ -44,27 +70,45 @@ __all__ = [
     "DEFAULT_INTERFACE",
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_PORT",
+    "ENTRY_POINTS",
+    "RENEWAL_RETRY",
+    "SETTINGS",
+    "SIGHUP",
     "TLS_PREFIXES",
     "CertificateFiles",
-    "CertificateReloader",
     "CertificateSet",
+    "CertificateSource",
     "ConnectionLimit",
+    "EntryPoint",
+    "GeneratedCertificate",
     "LimitedEndpoint",
     "Listener",
+    "ServingPort",
+    "Setting",
+    "SettingError",
+    "SignalDispatcher",
     "StartupError",
+    "TLSOptions",
     "TLSServerEndpoint",
-    "TLSSetup",
+    "TLSServing",
+    "TLSSettings",
+    "UserCertificate",
     "build_server_context",
     "endpoint_from",
     "exit_status_one",
     "exit_with_message",
+    "flag_of",
+    "key_of",
     "listen_error",
     "load_client_ca",
+    "names_for_interface",
     "parse_client",
     "parse_interface",
     "parse_port",
     "parse_server",
-    "resolve_certificate",
+    "parse_values",
+    "said",
     "scan_sni_dir",
+    "setting",
     "tcp_endpoint",
 ]

@@ -17,7 +17,7 @@ then reused) in the default state directory::
     twistd web --listen membio:8443:interface=127.0.0.1:certDir=/srv/tls
     twistd web --listen membio:443:certKey=/etc/tls/chain.pem:privateKey=/etc/tls/key.pem
 
-Keyword arguments (all optional):
+Keyword arguments (all optional): where to listen --
 
 ``port``
     The TCP port, as an alternative to the positional argument.
@@ -25,31 +25,20 @@ Keyword arguments (all optional):
     The address to bind (default: all IPv4 interfaces, like ``tcp:``); an
     IPv6 address such as ``::`` or ``::1`` listens on IPv6.  A specific
     address is also added to a generated certificate's names.
-``backlog``
-    The listen queue length (default 511, like nginx: a burst of new
-    connections waits in the kernel instead of being refused; ``tcp:``
-    uses 50).
-``certKey``, ``privateKey``
-    PEM certificate chain (leaf first) and PEM private key.  Either alone
-    names one file holding both, as with Twisted's ``ssl:``.  Without them a
-    certificate is generated.
-``keyPasswordFile``
-    A file whose first line is the password of an encrypted ``privateKey``;
-    otherwise the ``MEMBIO_KEY_PASSWORD`` environment variable is used.
-``certDir``
-    Where generated certificates live (default
-    ``$XDG_STATE_HOME/membio-transport`` or
-    ``~/.local/state/membio-transport``).
-``hostname``
-    Extra names for a generated certificate, comma-separated (``localhost``,
-    ``127.0.0.1``, ``::1`` and this machine's host name are always in it).
-``profile``
-    ``intermediate`` (TLS 1.2 and 1.3, the default) or ``modern`` (1.3 only).
-``alpn``
-    Protocols to offer via ALPN, comma-separated, in preference order
-    (default: none).
 ``endpoint``
     Another server endpoint description to add TLS to, instead of TCP.
+
+-- and every TLS setting of the table in ``_settings`` (the README's
+"TLS settings" table), by its endpoint key: ``cert``/``key`` (or Twisted's
+``certKey``/``privateKey``; either alone names one file holding both;
+comma-separated for more certificates chosen by SNI), ``keyPasswordFile``,
+``certDir``, ``hostname`` (comma-separated), ``sniDir``, ``profile``,
+``alpn``, ``clientCA``, ``clientCert``, ``requestClientCert=yes``,
+``handshakeTimeout``, ``idleTimeout``, ``maxConnections``,
+``reloadInterval``, ``backlog`` and ``plainHTTP``.  The certificates are
+reloaded when their files change and on SIGHUP, and a generated one is
+renewed while the program runs, from the moment the endpoint listens until
+it stops listening.
 
 Wrapping another endpoint follows Twisted's escaping rules: inside the
 ``endpoint=`` value every ``:`` is written ``\\:`` (an ``=`` needs no
@@ -87,175 +76,32 @@ with Twisted's ``wrapClientTLS``.
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import (
-    IListeningPort,
-    IOpenSSLServerConnectionCreator,
-    IProtocolFactory,
-    IReactorTime,
-    IStreamClientEndpoint,
-    IStreamServerEndpoint,
-)
-from twisted.logger import Logger
-from zope.interface import implementer
+from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 
-from ..certs import (
-    CertificateError,
-    ServerCertificate,
-    check_key_passwords,
-    ensure_certificate,
-    load_certificate,
-    normalize_name,
-    os_reason,
-    read_key_password,
-)
-from ..tls import HARDENED, MemoryBIOTLSFactory, ServerTLSOptions, format_address, wrapClientTLS
-from ._context import build_server_context
+from ..certs import CertificateError, normalize_name, os_reason
+from ..tls import wrapClientTLS
+from ._listeners import names_for_interface
+from ._server import TLSServing
+from ._settings import DEFAULT_BACKLOG, SETTINGS, SettingError, TLSSettings, key_of, parse_values
+from ._tlsendpoint import TLSServerEndpoint
 
-__all__ = [
-    "DEFAULT_BACKLOG",
-    "TLSServerEndpoint",
-    "parse_client",
-    "parse_server",
-    "resolve_certificate",
-]
+__all__ = ["parse_client", "parse_server"]
 
-_log = Logger(namespace="membio")
-
-#: Listen queue length: room for a burst of handshakes (Twisted's 50
-#: overflows with 1,000 simultaneous clients, who then wait for SYN
-#: retries).  nginx's value; the kernel caps it at net.core.somaxconn.
-DEFAULT_BACKLOG: Final = 511
-
-#: Addresses that mean "every interface": they name no certificate host.
-_WILDCARDS: Final = frozenset({"", "0.0.0.0", "::"})
-
-_SERVER_KEYWORDS: Final = (
-    "port", "interface", "backlog", "certKey", "privateKey", "keyPasswordFile", "certDir",
-    "hostname", "profile", "alpn", "endpoint",
-)
+#: The keys of a server description that say where to listen; the others
+#: are the TLS settings' (`SETTINGS`).
+_LISTENER_KEYWORDS: Final = ("port", "interface", "endpoint")
 _CLIENT_KEYWORDS: Final = (
     "host", "port", "caFile", "timeout", "bindAddress", "certificate", "privateKey", "alpn",
     "endpoint",
 )
 
 
-# ------------------------------------------------------------------ certificates
-
-
-def resolve_certificate(
-    *,
-    cert_file: str | Path | None = None,
-    key_file: str | Path | None = None,
-    password: bytes | None = None,
-    cert_dir: str | Path | None = None,
-    hostnames: Sequence[str] = (),
-) -> ServerCertificate:
-    """
-    The user's certificate when C{cert_file} or C{key_file} is given (either
-    alone names a file holding both), else a generated one in C{cert_dir}.
-
-    @raise CertificateError: with a one-line message saying what is wrong.
-    """
-    if cert_file is None and key_file is None:
-        return ensure_certificate(
-            None if cert_dir is None else Path(cert_dir).expanduser(), tuple(hostnames)
-        )
-    cert_path = Path(cert_file if cert_file is not None else key_file).expanduser()  # type: ignore[arg-type]  # one of them is set
-    key_path = Path(key_file if key_file is not None else cert_path).expanduser()
-    return load_certificate(cert_path, key_path, password)
-
-
-def _names_for_interface(interface: str) -> tuple[str, ...]:
-    """The names a client uses for C{interface}: a specific address is one."""
-    if interface in _WILDCARDS:
-        return ()
-    try:
-        ipaddress.ip_address(interface)
-    except ValueError:
-        return ()
-    return (interface,)
-
-
 def _split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
-
-
-# ------------------------------------------------------------------ endpoints
-
-
-@implementer(IStreamServerEndpoint)
-class TLSServerEndpoint:
-    """
-    Listen on another server endpoint and add TLS (with
-    L{MemoryBIOTLSFactory}) to every connection it accepts, like
-    L{wrapServerTLS}, and say which certificate it serves.
-
-    @ivar certificate: what is served, when known; logged on C{listen} if
-        C{announce} is true.
-    @ivar factory_options: keyword arguments for L{MemoryBIOTLSFactory}
-        (C{handshake_timeout=...}), over the hardened policy every listener
-        of this project starts from (`_policy.HARDENED`).
-    """
-
-    def __init__(
-        self,
-        wrapped: IStreamServerEndpoint,
-        creator: IOpenSSLServerConnectionCreator,
-        *,
-        clock: IReactorTime | None = None,
-        certificate: ServerCertificate | None = None,
-        announce: bool = False,
-        factory_options: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.wrapped = wrapped
-        self.creator = creator
-        self.clock = clock
-        self.certificate = certificate
-        self.announce = announce
-        self.factory_options = dict(factory_options or {})
-
-    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
-        tls = MemoryBIOTLSFactory(
-            self.creator,
-            False,
-            protocolFactory,
-            self.clock,
-            **{**HARDENED.keywords(), **self.factory_options},
-        )
-        listening: Deferred[IListeningPort] = self.wrapped.listen(tls)
-        if self.announce and self.certificate is not None:
-            listening.addCallback(self._announce, self.certificate)
-        return listening
-
-    @staticmethod
-    def _announce(port: IListeningPort, certificate: ServerCertificate) -> IListeningPort:
-        lines = [f"TLS on {format_address(port.getHost())}"]
-        lines += (
-            certificate.trust_instructions(_url_for(port))
-            if certificate.new_trust_anchor
-            else [
-                *certificate.summary(),
-                f"  clients must trust {certificate.trust_path} "
-                f"(for example: curl --cacert {certificate.trust_path} ...)",
-            ]
-        )
-        for line in lines:
-            _log.info("{line}", line=line, log_system="membio")
-        return port
-
-
-def _url_for(port: IListeningPort) -> str:
-    address = port.getHost()
-    number = getattr(address, "port", None)
-    if not isinstance(number, int):
-        return "https://localhost/"
-    return f"https://localhost:{number}/"
 
 
 # ------------------------------------------------------------------ parsers
@@ -288,7 +134,10 @@ def parse_server(reactor: Any, *args: str, **kwargs: str) -> TLSServerEndpoint:
     @raise ValueError: with a one-line message, for any mistake in the
         description or in the certificate files it names.
     """
-    _unknown("server", kwargs, _SERVER_KEYWORDS)
+    settings_keys = {
+        key: row.name for row in SETTINGS for key in (row.key, *row.key_aliases)
+    }
+    _unknown("server", kwargs, [*_LISTENER_KEYWORDS, *settings_keys])
     if len(args) > 1:
         raise ValueError(
             f"membio: expected at most one positional argument (the port), got {list(args)}"
@@ -297,7 +146,12 @@ def parse_server(reactor: Any, *args: str, **kwargs: str) -> TLSServerEndpoint:
         raise ValueError("membio: give the port once, positionally or as port=")
     port_text = (args[0] if args else kwargs.get("port")) or None
     inner_description = kwargs.get("endpoint")
-    interface = kwargs.get("interface", "")
+    interface = kwargs.get("interface", "")  # every IPv4 interface, as tcp: does
+    try:
+        settings = _settings(kwargs, settings_keys)
+    except SettingError as error:
+        raise ValueError(f"membio: {error}") from None
+    wrapped: IStreamServerEndpoint
     if inner_description is not None:
         clashing = [name for name in ("port", "interface", "backlog") if name in kwargs]
         if args or clashing:
@@ -307,38 +161,48 @@ def parse_server(reactor: Any, *args: str, **kwargs: str) -> TLSServerEndpoint:
             )
         from twisted.internet.endpoints import serverFromString
 
-        wrapped: IStreamServerEndpoint = serverFromString(reactor, inner_description)
+        wrapped = serverFromString(reactor, inner_description)
     else:
         if port_text is None:
             raise ValueError("membio: a port is required, as in membio:8443")
         from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
         port = _integer("port", port_text, 0, 65535)
-        backlog = _integer("backlog", kwargs.get("backlog", str(DEFAULT_BACKLOG)), 1, 65535)
+        backlog = settings.backlog or DEFAULT_BACKLOG
         if ":" in interface:
             wrapped = TCP6ServerEndpoint(reactor, port, backlog, interface)
         else:
             wrapped = TCP4ServerEndpoint(reactor, port, backlog, interface)
-    profile = kwargs.get("profile", "intermediate")
-    alpn = [name.encode("ascii") for name in _split_list(kwargs.get("alpn", ""))]
-    hostnames = [*_names_for_interface(interface), *_split_list(kwargs.get("hostname", ""))]
     try:
-        password = read_key_password(kwargs.get("keyPasswordFile"))
-        key_file = kwargs.get("privateKey", kwargs.get("certKey"))
-        check_key_passwords([key_file] if key_file else [], password, "keyPasswordFile=")
-        certificate = resolve_certificate(
-            cert_file=kwargs.get("certKey"),
-            key_file=kwargs.get("privateKey"),
-            password=password,
-            cert_dir=kwargs.get("certDir"),
-            hostnames=hostnames,
+        serving = TLSServing(
+            settings, names=names_for_interface(interface), clock=reactor, log_system="membio"
         )
-        context = build_server_context(certificate, password=password, profile=profile, alpn=alpn)
     except CertificateError as error:
         raise ValueError(f"membio: {error}") from None
-    return TLSServerEndpoint(
-        wrapped, ServerTLSOptions(context), clock=reactor, certificate=certificate, announce=True
-    )
+    return serving.wrap(wrapped, clock=reactor, announce=True)
+
+
+def _settings(kwargs: dict[str, str], settings_keys: dict[str, str]) -> TLSSettings:
+    """The TLS settings of a server description, by their endpoint keys."""
+    values: dict[str, list[str]] = {}
+    typed: dict[str, str] = {}
+    for key, text in kwargs.items():
+        name = settings_keys.get(key)
+        if name is None:
+            continue
+        if name in typed:
+            raise SettingError(f"give {key_of(name)}= once ({typed[name]}= is the same)")
+        typed[name] = key
+        row = next(row for row in SETTINGS if row.name == name)
+        values[name] = text.split(",") if row.repeats and name != "hostname" else [text]
+    if "key" in values and "cert" not in values:
+        # Twisted's ssl: rule: privateKey= alone names one file holding both.
+        values["cert"], values["key"] = values["key"], [""] * len(values["key"])
+
+    def spell(name: str) -> str:
+        return f"{typed.get(name, key_of(name))}="
+
+    return parse_values("membio:", values, spell)
 
 
 def parse_client(reactor: Any, *args: str, **kwargs: str) -> IStreamClientEndpoint:

@@ -15,13 +15,15 @@ from typing import Any, Final
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.python import usage
 
-from ._endpoint import DEFAULT_BACKLOG
+from ._settings import DEFAULT_BACKLOG
 
 #: Unprivileged, and the customary alternative HTTPS port.
 DEFAULT_PORT: Final = 8443
 #: Only this machine can connect unless told otherwise: a development
 #: server should not publish a directory to the whole network by surprise.
 DEFAULT_INTERFACE: Final = "127.0.0.1"
+#: Addresses that mean "every interface": they name no certificate host.
+_WILDCARDS: Final = frozenset({"", "0.0.0.0", "::"})
 #: Endpoint types that already do TLS: wrapping them again makes no sense.
 TLS_PREFIXES: Final = frozenset({"ssl", "tls", "membio"})
 
@@ -63,12 +65,20 @@ class Listener:
     port: IListeningPort | None = None
 
 
-def endpoint_from(reactor: Any, option: str, description: str) -> IStreamServerEndpoint:
+def endpoint_from(
+    reactor: Any, option: str, description: str, backlog: int = DEFAULT_BACKLOG
+) -> IStreamServerEndpoint:
+    """
+    The server endpoint of a C{description} given with C{option}; ``tcp:``
+    and ``tcp6:`` without their own ``backlog=`` get C{backlog}.
+
+    @raise usage.UsageError: Twisted cannot parse it.
+    """
     from twisted.internet.endpoints import serverFromString
 
     prefix = description.split(":", 1)[0].lower()
     if prefix in ("tcp", "tcp6") and "backlog=" not in description:
-        description += f":backlog={DEFAULT_BACKLOG}"  # room for bursts (Twisted: 50)
+        description += f":backlog={backlog}"  # room for bursts (Twisted: 50)
     try:
         endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as error:
@@ -76,9 +86,28 @@ def endpoint_from(reactor: Any, option: str, description: str) -> IStreamServerE
     return endpoint
 
 
-def tcp_endpoint(reactor: Any, interface: str, port: int) -> IStreamServerEndpoint:
+def tcp_endpoint(
+    reactor: Any, interface: str, port: int, backlog: int = DEFAULT_BACKLOG
+) -> IStreamServerEndpoint:
+    """TCP on C{interface} (IPv6 if it is an IPv6 address) and C{port}."""
     from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
     if ":" in interface:
-        return TCP6ServerEndpoint(reactor, port, DEFAULT_BACKLOG, interface)
-    return TCP4ServerEndpoint(reactor, port, DEFAULT_BACKLOG, interface)
+        return TCP6ServerEndpoint(reactor, port, backlog, interface)
+    return TCP4ServerEndpoint(reactor, port, backlog, interface)
+
+
+def names_for_interface(interface: str) -> tuple[str, ...]:
+    """
+    The names a generated certificate needs for listening on C{interface}:
+    a specific IP address is one (clients may connect to it by address);
+    every interface (``0.0.0.0``, ``::``) names none.  The same rule for
+    ``--interface`` and ``interface=``.
+    """
+    if interface in _WILDCARDS:
+        return ()
+    try:
+        ipaddress.ip_address(interface)
+    except ValueError:
+        return ()
+    return (interface,)

@@ -21,13 +21,13 @@ default certificate beats the others.  A wildcard covers exactly one label,
 as in certificates (RFC 6125): ``*.example.test`` matches
 ``www.example.test``, not ``example.test`` nor ``a.b.example.test``.
 
-`TLSSetup` remembers where everything came from, so that a reload (see
-``_reload``) builds a whole new set the same way.
+Where the certificates come from, and how a reload builds a whole new set
+the same way, is ``_source``'s business.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -39,14 +39,11 @@ from ..certs import (
     CertificateError,
     ServerCertificate,
     is_ip_address,
-    load_certificate,
     normalize_name,
     os_reason,
 )
-from ..tls import ClientAuth, ServerTLSOptions
-from ._context import build_server_context
 
-__all__ = ["CertificateFiles", "CertificateSet", "TLSSetup", "load_client_ca", "scan_sni_dir"]
+__all__ = ["CertificateFiles", "CertificateSet", "dns_names", "load_client_ca", "scan_sni_dir"]
 
 #: Certificate files in an SNI directory: ``<hostname>.pem``.
 CERT_SUFFIX: Final = ".pem"
@@ -113,7 +110,7 @@ def load_client_ca(path: Path) -> list[x509.Certificate]:
         ) from None
 
 
-def _dns_names(certificate: ServerCertificate) -> list[str]:
+def dns_names(certificate: ServerCertificate) -> list[str]:
     # SNI carries host names only, never IP addresses (RFC 6066, 3).
     names = []
     for name in certificate.names:
@@ -178,6 +175,10 @@ class CertificateSet:
         if chosen is not connection.get_context():
             connection.set_context(chosen)
 
+    def contexts(self) -> list[SSL.Context]:
+        """Every context of the set, the default first."""
+        return [self.context, *(context for _, context in self.others)]
+
     def names(self) -> Iterator[tuple[str, ServerCertificate]]:
         """Each name a client can ask for, with the certificate it gets."""
         by_context = {id(context): cert for cert, context in self.others}
@@ -198,86 +199,3 @@ class CertificateSet:
                     f"SHA-256 {cert.fingerprint_sha256}"
                 )
         return lines
-
-
-@dataclass
-class TLSSetup:
-    """
-    Where the server's certificates come from and how their contexts are
-    built: everything `load` needs to build them again on a reload.
-
-    @ivar default: returns the default certificate (the first ``--cert``,
-        or the generated one, which it renews when due).
-    """
-
-    default: Callable[[], ServerCertificate]
-    extra: Sequence[CertificateFiles] = ()
-    sni_dir: Path | None = None
-    password: bytes | None = None
-    profile: str = "intermediate"
-    alpn: Sequence[bytes] = ()
-    client_auth: ClientAuth | None = None
-
-    def load(self) -> CertificateSet:
-        """
-        Read every file and build every context, from scratch.
-
-        @raise CertificateError: a file is missing, damaged, expired, or its
-            key does not match; the message names it.
-        """
-        if self.client_auth is not None and self.client_auth.ca_file is not None:
-            load_client_ca(self.client_auth.ca_file)
-        default = self.default()
-        certificates = [*self.extra]
-        if self.sni_dir is not None:
-            certificates += scan_sni_dir(self.sni_dir)
-        loaded = [(files, self._load(files)) for files in certificates]
-        built = CertificateSet(default, self._context(default))
-        built.others = [(cert, self._context(cert)) for _, cert in loaded]
-        # Precedence, first claim wins: names of --sni-dir files, then the
-        # default certificate's, then the others' subjectAltNames in order.
-        for (files, _), (_, context) in zip(loaded, built.others, strict=True):
-            if files.name is not None:
-                built.add_name(files.name, context)
-        for name in _dns_names(default):
-            built.add_name(name, built.context)
-        for cert, context in built.others:
-            for name in _dns_names(cert):
-                built.add_name(name, context)
-        built.install_sni_callback()
-        return built
-
-    def options(self) -> tuple[ServerTLSOptions, CertificateSet]:
-        """A connection creator for a freshly loaded set, and the set."""
-        built = self.load()
-        return ServerTLSOptions(built.context), built
-
-    def watched(self, current: CertificateSet | None = None) -> list[Path]:
-        """Files whose change means the certificates should be reloaded."""
-        paths: list[Path] = []
-        if current is not None:
-            paths += [current.default.cert_path, current.default.key_path]
-        for files in self.extra:
-            paths += [files.cert, files.key or files.cert]
-        if self.sni_dir is not None:
-            paths.append(self.sni_dir)  # a file added or removed changes its mtime
-            try:
-                for files in scan_sni_dir(self.sni_dir):
-                    paths += [files.cert, files.key or files.cert]
-            except CertificateError:
-                pass  # load() says why, once
-        if self.client_auth is not None and self.client_auth.ca_file is not None:
-            paths.append(self.client_auth.ca_file)
-        return list(dict.fromkeys(paths))
-
-    def _load(self, files: CertificateFiles) -> ServerCertificate:
-        return load_certificate(files.cert, files.key or files.cert, self.password)
-
-    def _context(self, certificate: ServerCertificate) -> SSL.Context:
-        return build_server_context(
-            certificate,
-            password=self.password,
-            profile=self.profile,
-            alpn=self.alpn,
-            client_auth=self.client_auth,
-        )

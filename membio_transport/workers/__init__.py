@@ -6,8 +6,9 @@ parent binds the sockets and builds the TLS context, forks N workers that
 adopt the sockets with fresh reactors, restarts the ones that die, replaces
 them all after a certificate reload (so that they share the new context and
 its session-ticket keys), and stops them gracefully (`WorkerPool`, with
-``_fork`` for what a forked child must do first and ``_cli`` for the
-command-line options and the shared sockets).
+``_fork`` for what a forked child must do first, ``_shared`` for which
+listeners can be shared and how, and ``_cli`` for the command-line options
+and binding the shared sockets with one-line errors).
 
 What it may import: the ``serving`` layer (listeners and start-up errors)
 and, below it, ``tls`` and ``certs``, through their faces; Twisted.  Never
@@ -15,7 +16,7 @@ and, below it, ``tls`` and ``certs``, through their faces; Twisted.  Never
 special to it.
 """
 
-from ._cli import open_port_socket, parse_worker_options
+from ._cli import close_shared, open_shared_sockets, parse_worker_options
 from ._pool import (
     DEFAULT_GRACE,
     LISTEN_BACKLOG,
@@ -24,14 +25,19 @@ from ._pool import (
     WorkerPool,
     listening_socket,
 )
+from ._shared import SharedListener, SharingRefused, share
 
 __all__ = [
     "DEFAULT_GRACE",
     "LISTEN_BACKLOG",
     "MAX_WORKERS",
     "AdoptedSocketEndpoint",
+    "SharedListener",
+    "SharingRefused",
     "WorkerPool",
+    "close_shared",
     "listening_socket",
-    "open_port_socket",
+    "open_shared_sockets",
     "parse_worker_options",
+    "share",
 ]

@@ -8,13 +8,14 @@ serve is the app's business (``https/_workers``, ``proxy/tap``).
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 from ..serving import Listener, StartupError, exit_with_message, listen_error
-from ..tls import format_host_port
-from ._pool import MAX_WORKERS, listening_socket
+from ._pool import MAX_WORKERS
+from ._shared import SharedListener
 
-__all__ = ["open_port_socket", "parse_worker_options"]
+__all__ = ["close_shared", "open_shared_sockets", "parse_worker_options"]
 
 
 def parse_worker_options(options: Any) -> None:
@@ -46,16 +47,30 @@ def parse_worker_options(options: Any) -> None:
     options["workers"], options["grace"] = workers, grace
 
 
-def open_port_socket(command: str, interface: str, port: int) -> list[socket.socket]:
-    """The shared socket for --port, or a one-line start-up error."""
+def open_shared_sockets(command: str, listeners: Sequence[SharedListener]) -> list[socket.socket]:
+    """
+    Bind every shared listener, in order, in the parent; on the first that
+    cannot, undo the others and end start-up with one line saying why.
+    """
     from twisted.internet.error import CannotListenError
 
-    try:
-        return [listening_socket(interface, port)]
-    except OSError as error:
-        listener = Listener(
-            format_host_port(interface, port), None, "--port"  # type: ignore[arg-type]  # only named
-        )
-        message = listen_error(CannotListenError(interface, port, error), listener)
-        exit_with_message(command)
-        raise StartupError(message) from None
+    sockets: list[socket.socket] = []
+    for shared in listeners:
+        try:
+            sockets.append(shared.bind())
+        except OSError as error:
+            for sock in sockets:
+                sock.close()
+            close_shared(listeners)
+            listener = Listener(shared.label, None, shared.option)  # type: ignore[arg-type]  # only named
+            message = listen_error(CannotListenError(None, shared.port, error), listener)
+            exit_with_message(command)
+            raise StartupError(message) from None
+    return sockets
+
+
+def close_shared(listeners: Sequence[SharedListener]) -> None:
+    """Remove what binding left behind (UNIX socket files), once the sockets are closed."""
+    for shared in listeners:
+        if shared.cleanup is not None:
+            shared.cleanup()

@@ -147,6 +147,8 @@ class WorkerPool(Service):
     @param announce: called in the parent once the sockets exist.
     @param helpers: services run in the parent alongside the pool (such as
         the certificate reloader, which replaces the TLS context).
+    @param cleanup: called in the parent once it has closed the shared
+        sockets (removes a UNIX socket's file).
     @param context_of: returns the TLS context workers are forked with;
         when it changes (a reload), every worker is replaced by one forked
         from the parent again, so that all of them share the new context
@@ -166,6 +168,7 @@ class WorkerPool(Service):
         announce: Callable[[Sequence[socket.socket]], None] | None = None,
         helpers: Sequence[Service] = (),
         context_of: Callable[[], object] | None = None,
+        cleanup: Callable[[], None] | None = None,
         system: str = "membio",
     ) -> None:
         if not 1 <= count <= MAX_WORKERS:
@@ -179,6 +182,7 @@ class WorkerPool(Service):
         self._helpers = list(helpers)
         self._context_of = context_of
         self._context: object = None
+        self._cleanup = cleanup
         self._system = system
         self.sockets: list[socket.socket] = []
         #: The current worker of each index.
@@ -331,6 +335,8 @@ class WorkerPool(Service):
         # connections are refused instead of waiting in a queue nobody reads.
         for sock in self.sockets:
             sock.close()
+        if self.sockets and self._cleanup is not None:
+            self._cleanup()
         self.sockets = []
         every = [*self.workers.values(), *self._retiring.values()]
         if not every:

@@ -1,0 +1,122 @@
+"""
+The settings table as twistd command-line options, for both apps.
+
+`TLSOptions` is mixed into ``membio-https``'s and ``membio-tls``'s
+``Options``: every row of the table (``_settings``) becomes an option with
+the row's flag and help, generated here, never written twice.  Values stay
+the text the user typed until `TLSOptions.tls_settings` parses them all
+with the table's parsers and checks them together, into `TLSSettings`.
+
+Repeated ``--cert``/``--key`` pair up in order: each ``--key`` belongs to
+the ``--cert`` before it (or, for the first one, after it: ``--key k --cert
+c`` has always worked); a ``--cert`` with no ``--key`` holds its key itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from twisted.python import usage
+
+from ._settings import (
+    SETTINGS,
+    EntryPoint,
+    SettingError,
+    TLSSettings,
+    flag_of,
+    parse_values,
+)
+
+__all__ = ["TLSOptions"]
+
+
+def _option_name(name: str) -> str:
+    return flag_of(name)[2:]
+
+
+class TLSOptions(usage.Options):
+    """The TLS settings of the table, as options of a twistd command line."""
+
+    #: Which entry point the options belong to (each app sets it).
+    entry_point: ClassVar[EntryPoint]
+
+    optParameters: ClassVar[list[list[Any]]] = [
+        [_option_name(row.name), row.short, None, row.help_text()]
+        for row in SETTINGS
+        if not row.repeats and not row.switch
+    ]
+    optFlags: ClassVar[list[list[Any]]] = [
+        [_option_name(row.name), row.short, row.help_text()]
+        for row in SETTINGS
+        if row.switch
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # twisted.python.usage is untyped
+        #: The repeated options (--cert, --key, --hostname) in the order given.
+        self["tls_repeats"] = []
+
+    def tls_settings(self, defaults: Mapping[str, Any] | None = None) -> TLSSettings:
+        """
+        Parse and check every TLS option given, with C{defaults} (this app's)
+        for the ones that were not.
+
+        @raise SettingError: one line naming the option.
+        """
+        values: dict[str, list[str]] = {}
+        for row in SETTINGS:
+            if row.repeats:
+                continue
+            given = self.get(_option_name(row.name))
+            if row.switch:
+                if given:
+                    values[row.name] = ["yes"]
+            elif given is not None:
+                values[row.name] = [str(given)]
+        hostnames = [text for name, text in self["tls_repeats"] if name == "hostname"]
+        if hostnames:
+            values["hostname"] = hostnames
+        certs, keys = _pair_certificates(self["tls_repeats"])
+        if certs:
+            values["cert"] = certs
+        if any(keys):
+            values["key"] = keys if certs else [key for key in keys if key]
+        return parse_values(self.entry_point, values, flag_of, defaults)
+
+
+def _repeated(name: str) -> Any:
+    def option(self: TLSOptions, value: str) -> None:
+        self["tls_repeats"].append((name, value))
+
+    option.__name__ = f"opt_{name}"
+    option.__doc__ = next(row for row in SETTINGS if row.name == name).help_text()
+    return option
+
+
+for _row in SETTINGS:
+    if _row.repeats:
+        setattr(TLSOptions, f"opt_{_row.name}", _repeated(_row.name))
+        if _row.short:
+            setattr(TLSOptions, f"opt_{_row.short}", _repeated(_row.name))
+
+
+def _pair_certificates(given: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """The --cert files and, by position, their --key files ("": in the cert's file)."""
+    pairs: list[list[str]] = []
+    waiting_key: str | None = None
+    for kind, path in given:
+        if kind == "cert":
+            pairs.append([path, waiting_key or ""])
+            waiting_key = None
+        elif kind != "key":
+            continue
+        elif pairs and not pairs[-1][1]:
+            pairs[-1][1] = path
+        elif waiting_key is None and not pairs:
+            waiting_key = path
+        else:
+            raise SettingError(f"--key {path}: give one --key per --cert, after it")
+    if waiting_key is not None:
+        return [], [waiting_key]  # the settings' check says: --key needs --cert
+    return [cert for cert, _ in pairs], [key for _, key in pairs]

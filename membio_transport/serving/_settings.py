@@ -1,0 +1,468 @@
+"""
+The one table of TLS-serving settings, for every entry point.
+
+Each `Setting` has one name (``client_ca``); its command-line flag
+(``--client-ca``) and its ``membio:`` endpoint key (``clientCA=``) derive
+from that name, so the three entry points cannot drift apart: ``membio:``,
+``twistd membio-https`` and ``twistd membio-tls`` accept the whole table
+(`SETTINGS`), parse each value with the same function, and word its errors
+with what the user typed (`SettingError`).  The README's tables are checked
+against this one (``tests/test_settings.py``).
+
+Only the keys Twisted's own ``ssl:`` endpoint uses keep aliases
+(``certKey=`` and ``privateKey=`` for ``cert=`` and ``key=``); options
+that are not about TLS (``--port``, ``--path``, ``--backend``, ``--workers``)
+belong to each app.  Parsing a command line or an endpoint string gives
+`TLSSettings`, from which ``_server.TLSServing`` builds everything.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from ..certs import CertificateError, default_cert_dir
+from ..tls import HARDENED_HANDSHAKE_TIMEOUT, PROFILES, PlainHTTPPolicy, Profile
+
+__all__ = [
+    "ENTRY_POINTS",
+    "SETTINGS",
+    "EntryPoint",
+    "Setting",
+    "SettingError",
+    "TLSSettings",
+    "flag_of",
+    "key_of",
+    "setting",
+]
+
+EntryPoint = Literal["membio:", "membio-https", "membio-tls"]
+#: Every entry point that serves TLS, in the order the README lists them.
+ENTRY_POINTS: Final[tuple[EntryPoint, ...]] = ("membio:", "membio-https", "membio-tls")
+
+#: Seconds between two looks at the certificate files' mtimes.  A stat per
+#: file every few seconds costs nothing, and a renewed certificate is in
+#: service a few seconds after it is written.
+DEFAULT_POLL_INTERVAL: Final = 5.0
+
+#: Listen queue length: room for a burst of handshakes (Twisted's 50
+#: overflows with 1,000 simultaneous clients, who then wait for SYN
+#: retries).  nginx's value; the kernel caps it at net.core.somaxconn.
+DEFAULT_BACKLOG: Final = 511
+
+#: The largest listen queue anyone should ask for (the kernel caps it anyway).
+_MAX_BACKLOG: Final = 65535
+
+#: Words written in capitals inside an endpoint key, as Twisted's own keys
+#: do (``caFile``, ``sslmethod``... and ``clientCA``, ``plainHTTP`` here).
+_ACRONYMS: Final = frozenset({"alpn", "ca", "dns", "http", "ip", "sni", "tls", "url"})
+
+
+class SettingError(ValueError):
+    """A setting's value cannot be used; the message is one line naming what the user typed."""
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of a setting: ``client_ca`` -> ``--client-ca``."""
+    return "--" + name.replace("_", "-")
+
+
+def key_of(name: str) -> str:
+    """
+    The endpoint key of a setting: lowerCamelCase with known acronyms in
+    capitals after the first word: ``client_ca`` -> ``clientCA``,
+    ``key_password_file`` -> ``keyPasswordFile``, ``plain_http`` -> ``plainHTTP``.
+    """
+    first, *rest = name.split("_")
+    return first + "".join(w.upper() if w in _ACRONYMS else w.capitalize() for w in rest)
+
+
+def said(spelling: str, text: str) -> str:
+    """How a value is quoted back: ``--idle-timeout 'x'`` or ``idleTimeout='x'``."""
+    return f"{spelling}{text!r}" if spelling.endswith("=") else f"{spelling} {text!r}"
+
+
+# ------------------------------------------------------------------ parsers
+# Each takes the text the user typed and how they spelled the setting
+# (``--idle-timeout`` or ``idleTimeout=``), and raises SettingError.
+
+
+def _path(text: str, spelling: str) -> Path:
+    if not text.strip():
+        raise SettingError(f"{said(spelling, text)} is empty: give a file or directory")
+    return Path(text).expanduser().absolute()
+
+
+def _key_path(text: str, spelling: str) -> Path | None:
+    """A key file, or "" for the key inside its certificate's file."""
+    return _path(text, spelling) if text else None
+
+
+def _directory(text: str, spelling: str) -> Path:
+    path = _path(text, spelling)
+    if not path.is_dir():
+        raise SettingError(f"{spelling.rstrip('= ')} {path} is not a directory")
+    return path
+
+
+def _names(text: str, spelling: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _profile(text: str, spelling: str) -> Profile:
+    for profile in PROFILES:
+        if text == profile:
+            return profile
+    raise SettingError(
+        f"{said(spelling, text)} is unknown: the TLS profiles are {' and '.join(PROFILES)}"
+    )
+
+
+def _alpn(text: str, spelling: str) -> tuple[bytes, ...]:
+    names = _names(text, spelling)
+    if names == ("none",):
+        return ()
+    if not names:
+        raise SettingError(f"{spelling.rstrip('= ')} needs at least one protocol, or 'none'")
+    try:
+        encoded = [name.encode("ascii") for name in dict.fromkeys(names)]
+    except UnicodeEncodeError:
+        raise SettingError(f"{said(spelling, text)}: protocol names are ASCII") from None
+    if any(len(name) > 255 for name in encoded):
+        raise SettingError(f"{said(spelling, text)}: a protocol name is at most 255 bytes")
+    return tuple(encoded)
+
+
+def _client_cert(text: str, spelling: str) -> Literal["required", "optional"]:
+    if text == "required":
+        return "required"
+    if text == "optional":
+        return "optional"
+    raise SettingError(f"{said(spelling, text)}: use required or optional")
+
+
+def _number(text: str, spelling: str, *, integer: bool, low: float, high: float) -> float:
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        kind = "a whole number" if integer else "a number of seconds"
+        raise SettingError(f"{said(spelling, text)} is not {kind}") from None
+    if not math.isfinite(value) or value < low:
+        raise SettingError(f"{spelling.rstrip('= ')} {text} must be {low:g} or more")
+    if value > high:
+        raise SettingError(f"{spelling.rstrip('= ')} {text} must be {high:g} or less")
+    return value
+
+
+def _seconds_or_off(text: str, spelling: str) -> float | None:
+    """Seconds, 0 meaning "no limit"."""
+    return _number(text, spelling, integer=False, low=0, high=86400 * 365) or None
+
+
+def _count(text: str, spelling: str) -> int:
+    return int(_number(text, spelling, integer=True, low=1, high=10**9))
+
+
+def _backlog(text: str, spelling: str) -> int:
+    return int(_number(text, spelling, integer=True, low=1, high=_MAX_BACKLOG))
+
+
+def _plain_http(text: str, spelling: str) -> PlainHTTPPolicy | None:
+    if text == "off":
+        return None
+    if text == "explain":
+        return "explain"
+    if text == "redirect":
+        return "redirect"
+    if text == "close":
+        return "close"
+    raise SettingError(f"{said(spelling, text)}: use explain, redirect, close or off")
+
+
+def _switch(text: str, spelling: str) -> bool:
+    if text.lower() in ("", "yes", "true", "1", "on"):
+        return True
+    if text.lower() in ("no", "false", "0", "off"):
+        return False
+    raise SettingError(f"{said(spelling, text)}: use yes or no")
+
+
+# ------------------------------------------------------------------ the table
+
+
+@dataclass(frozen=True)
+class Setting:
+    """
+    One row of the table.
+
+    @ivar name: the Python name; the flag and the endpoint key derive from it.
+    @ivar help: what it does, one sentence or two, without the default.
+    @ivar default: what an entry point gets without it, in words (the README
+        shows it, the help text ends with it).
+    @ivar parse: text and spelling -> value, or `SettingError`.
+    @ivar repeats: given several times on a command line; a comma-separated
+        list in an endpoint key.
+    @ivar switch: a flag without a value on a command line (``yes``/``no``
+        in an endpoint key).
+    @ivar short: a one-letter command-line alias.
+    @ivar key_aliases: endpoint keys kept for compatibility with Twisted's
+        ``ssl:`` endpoint.
+    @ivar entry_points: who takes it (every entry point, unless it makes no
+        sense for one).
+    """
+
+    name: str
+    help: str
+    default: str
+    parse: Callable[[str, str], Any]
+    repeats: bool = False
+    switch: bool = False
+    short: str | None = None
+    key_aliases: tuple[str, ...] = ()
+    entry_points: tuple[EntryPoint, ...] = ENTRY_POINTS
+
+    @property
+    def flag(self) -> str:
+        return flag_of(self.name)
+
+    @property
+    def key(self) -> str:
+        return key_of(self.name)
+
+    def help_text(self) -> str:
+        """The help of a command line: what it does, then the default."""
+        return f"{self.help} [default: {self.default}]"
+
+
+SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting(
+        "cert",
+        "PEM certificate chain (leaf first), with its key inside unless a key follows; "
+        "repeat for more certificates chosen by SNI (the first is the default).",
+        "a generated certificate", _path, repeats=True, short="c", key_aliases=("certKey",),
+    ),
+    Setting(
+        "key",
+        "PEM private key (mode 0600 or 0640) of the certificate before it.",
+        "in the certificate file", _key_path, repeats=True, short="k",
+        key_aliases=("privateKey",),
+    ),
+    Setting(
+        "key_password_file",
+        "File whose first line is the password of an encrypted key.",
+        "$MEMBIO_KEY_PASSWORD", _path,
+    ),
+    Setting(
+        "cert_dir",
+        "Directory of the generated certificate and its local CA.",
+        str(default_cert_dir()).replace(str(Path.home()), "~"), _path,
+    ),
+    Setting(
+        "hostname",
+        "Extra DNS name or IP address for the generated certificate (repeatable, or "
+        "comma-separated).",
+        "localhost, 127.0.0.1, ::1, this machine's name, a specific interface", _names,
+        repeats=True,
+    ),
+    Setting(
+        "sni_dir",
+        "Directory of more certificates chosen by the name clients ask for (SNI): "
+        "<hostname>.pem (chain, plus the key unless there is a <hostname>.key); "
+        "*.example.com.pem is a wildcard.",
+        "none", _directory,
+    ),
+    Setting(
+        "profile",
+        "TLS settings: intermediate (TLS 1.2 and 1.3, ECDHE with AES-GCM or "
+        "ChaCha20-Poly1305) or modern (TLS 1.3 only).",
+        "intermediate", _profile,
+    ),
+    Setting(
+        "alpn",
+        "ALPN protocols to offer, comma-separated, in preference order; none for no ALPN.",
+        "h2,http/1.1 for membio-https (http/1.1 without HTTP/2 support), none elsewhere",
+        _alpn,
+    ),
+    Setting(
+        "client_ca",
+        "Verify client certificates against the CA certificates in this PEM file (mutual "
+        "TLS).",
+        "no client certificates", _path,
+    ),
+    Setting(
+        "client_cert",
+        "With a client CA: required (no certificate, no connection) or optional.",
+        "required", _client_cert,
+    ),
+    Setting(
+        "request_client_cert",
+        "Ask clients for a certificate without verifying it (membio-https shows it on its "
+        "page; membio-tls passes it on in the PROXY v2 header).",
+        "off", _switch, switch=True,
+    ),
+    Setting(
+        "handshake_timeout",
+        "Seconds a client has to complete its TLS handshake; 0 for no limit.",
+        f"{HARDENED_HANDSHAKE_TIMEOUT:g}", _seconds_or_off,
+    ),
+    Setting(
+        "idle_timeout",
+        "Close connections that move no byte for this many seconds (with close_notify); 0 "
+        "for no limit.",
+        "0", _seconds_or_off,
+    ),
+    Setting(
+        "max_connections",
+        "Close new connections at once while this many are open.",
+        "no limit", _count,
+    ),
+    Setting(
+        "reload_interval",
+        "Seconds between checks of the certificate files, which are reloaded for new "
+        "connections when they change; 0: only on SIGHUP.",
+        f"{DEFAULT_POLL_INTERVAL:g}", _seconds_or_off,
+    ),
+    Setting(
+        "backlog",
+        "Listen queue length of the TCP listeners (--port, tcp: and tcp6: endpoints without "
+        "their own).",
+        f"{DEFAULT_BACKLOG}; 1024 for the socket --workers share", _backlog,
+    ),
+    Setting(
+        "plain_http",
+        "What a client speaking plain HTTP to the TLS port gets: explain (a 400 naming the "
+        "https:// URL), redirect (a 301 there), close, or off (every byte to OpenSSL).",
+        "explain", _plain_http,
+    ),
+)
+
+_BY_NAME: Final[Mapping[str, Setting]] = {row.name: row for row in SETTINGS}
+
+
+def setting(name: str) -> Setting:
+    """The row named C{name}."""
+    return _BY_NAME[name]
+
+
+# ------------------------------------------------------------------ parsed settings
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """
+    One server's TLS settings, parsed: one attribute per row of the table,
+    plus how the user spells each setting (for later error messages).
+
+    ``cert`` and ``key`` are paired by position; a missing key (None) is
+    inside its certificate's file.
+    """
+
+    entry_point: EntryPoint
+    cert: tuple[Path, ...] = ()
+    key: tuple[Path | None, ...] = ()
+    key_password_file: Path | None = None
+    cert_dir: Path | None = None
+    hostname: tuple[str, ...] = ()
+    sni_dir: Path | None = None
+    profile: Profile = "intermediate"
+    alpn: tuple[bytes, ...] = ()
+    client_ca: Path | None = None
+    client_cert: Literal["required", "optional"] | None = None
+    request_client_cert: bool = False
+    handshake_timeout: float | None = HARDENED_HANDSHAKE_TIMEOUT
+    idle_timeout: float | None = None
+    max_connections: int | None = None
+    reload_interval: float | None = DEFAULT_POLL_INTERVAL
+    backlog: int | None = None
+    plain_http: PlainHTTPPolicy | None = "explain"
+    spell: Callable[[str], str] = field(default=flag_of, compare=False, repr=False)
+
+    @property
+    def own_certificate(self) -> bool:
+        """The user brings a certificate (no generated one)."""
+        return bool(self.cert)
+
+    def check(self) -> TLSSettings:
+        """
+        The rules between settings, before anything is loaded.
+
+        @raise SettingError: one line naming the settings as the user spelled them.
+        """
+        spell = self.spell
+        if any(self.key) and not self.cert:
+            raise SettingError(
+                f"{spell('key').rstrip('=')} needs {spell('cert').rstrip('=')} (the certificate "
+                "for that key)"
+            )
+        if self.cert:
+            for name in ("cert_dir", "hostname"):
+                if getattr(self, name):
+                    raise SettingError(
+                        f"{spell(name).rstrip('=')} applies to generated certificates, not "
+                        f"to {spell('cert').rstrip('=')}"
+                    )
+        if (
+            self.key_password_file is not None
+            and not any(self.key)
+            and not self.cert
+            and self.sni_dir is None
+        ):
+            raise SettingError(
+                f"{spell('key_password_file').rstrip('=')} applies to "
+                f"{spell('key').rstrip('=')}, which was not given"
+            )
+        if self.client_ca is None:
+            if self.client_cert is not None:
+                raise SettingError(
+                    f"{spell('client_cert').rstrip('=')} needs {spell('client_ca').rstrip('=')}"
+                    " (the CAs to trust)"
+                )
+        elif self.request_client_cert:
+            raise SettingError(
+                f"{spell('request_client_cert').rstrip('=')} asks without verifying; with "
+                f"{spell('client_ca').rstrip('=')} use {spell('client_cert')}"
+                f"{'' if spell('client_cert').endswith('=') else ' '}optional instead"
+            )
+        return self
+
+    def replace(self, **changes: Any) -> TLSSettings:
+        return replace(self, **changes)
+
+
+def parse_values(
+    entry_point: EntryPoint,
+    values: Mapping[str, Sequence[str]],
+    spell: Callable[[str], str],
+    defaults: Mapping[str, Any] | None = None,
+) -> TLSSettings:
+    """
+    Parse the texts given for each setting (by name; several for a repeating
+    one) into `TLSSettings`, with C{entry_point}'s defaults.
+
+    @param spell: how the user spells a setting here (``--client-ca`` or
+        ``clientCA=``), for error messages.
+    @raise SettingError: a value or a combination is wrong.
+    """
+    parsed: dict[str, Any] = dict(defaults or {})
+    for name, texts in values.items():
+        row = _BY_NAME[name]
+        if entry_point not in row.entry_points:
+            raise SettingError(f"{spell(name).rstrip('=')} does not apply to {entry_point}")
+        if row.repeats:
+            items: list[Any] = []
+            for text in texts:
+                value = row.parse(text, spell(name))
+                items += value if isinstance(value, tuple) else [value]
+            parsed[name] = tuple(items)
+        elif texts:
+            parsed[name] = row.parse(texts[-1], spell(name))
+    cert_count = len(parsed.get("cert", ()))
+    keys = parsed.get("key", ())
+    parsed["key"] = tuple(keys) + (None,) * max(cert_count - len(keys), 0)
+    try:
+        return TLSSettings(entry_point=entry_point, spell=spell, **parsed).check()
+    except CertificateError as error:
+        raise SettingError(str(error)) from None
