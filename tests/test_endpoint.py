@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -351,6 +352,19 @@ def test_parsed_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         ("membio:0:profile=ancient", "profile='ancient' is unknown"),
         ("membio:0:certKey=/nonexistent.pem", "cannot read certificate file /nonexistent.pem"),
         ("membio:0:hostname=bad_name!", "invalid host name 'bad_name!'"),
+        # The whole settings table, each key parsed by the table's own parser.
+        ("membio:0:handshakeTimeout=soon", "handshakeTimeout='soon' is not a number of seconds"),
+        ("membio:0:idleTimeout=-1", "idleTimeout -1 must be 0 or more"),
+        ("membio:0:maxConnections=0", "maxConnections 0 must be 1 or more"),
+        ("membio:0:clientCert=maybe", "clientCert='maybe': use required or optional"),
+        ("membio:0:clientCert=optional", "clientCert needs clientCA (the CAs to trust)"),
+        ("membio:0:clientCA=/nonexistent.pem", "cannot read --client-ca /nonexistent.pem"),
+        ("membio:0:sniDir=/nonexistent", "sniDir /nonexistent is not a directory"),
+        ("membio:0:plainHTTP=shout", "plainHTTP='shout': use explain, redirect, close or off"),
+        ("membio:0:alpn=none,h2", "alpn='none,h2'"),
+        ("membio:0:requestClientCert=perhaps", "requestClientCert='perhaps': use yes or no"),
+        ("membio:0:backlog=0", "backlog 0 must be 1 or more"),
+        ("membio:0:cert=/a.pem:certKey=/b.pem", "give cert= once (certKey= is the same)"),
     ],
 )
 def test_server_description_errors_are_one_line(
@@ -394,6 +408,7 @@ def test_encrypted_key_without_password_says_how(tmp_path: Path) -> None:
         ("membio:host=example.com:port=443:caFile=/nonexistent.pem", "cannot read CA file"),
         ("membio:host=example.com:port=443:trust=x", "unknown client endpoint option(s) trust"),
         ("membio:host=example.com:endpoint=tcp\\:a\\:1:port=1", "put port inside it"),
+        ("membio:host=bad_name!:port=443", "host='bad_name!': invalid host name"),
     ],
 )
 def test_client_description_errors_are_one_line(description: str, expected: str) -> None:
@@ -402,3 +417,180 @@ def test_client_description_errors_are_one_line(description: str, expected: str)
     message = str(raised.value)
     assert message.startswith("membio: ") and "\n" not in message
     assert expected in message, message
+
+
+# ------------------------------------------------------------------ the settings table's keys
+
+
+def _tls_client(
+    port: int, ca: Path, *, host: str = "localhost", certificate: tuple[Path, Path] | None = None
+) -> tuple[str, bytes]:
+    """Connect, say hello, read the echo: the server certificate's fingerprint and the echo."""
+    import hashlib
+
+    context = ssl.create_default_context(cafile=str(ca))
+    if certificate is not None:
+        context.load_cert_chain(str(certificate[0]), str(certificate[1]))
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as tls:
+        der = tls.getpeercert(binary_form=True) or b""
+        tls.sendall(b"hello")
+        echoed = b""
+        while len(echoed) < 5:
+            chunk = tls.recv(5 - len(echoed))
+            if not chunk:
+                break
+            echoed += chunk
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2)), echoed
+
+
+def _ends_within(port: int, seconds: float, *, tls_ca: Path | None = None) -> float:
+    """
+    Open a connection that says nothing (or completes a TLS handshake with
+    C{tls_ca} and then says nothing) and return how long the server took to
+    close it.
+    """
+    import time
+
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=seconds + TIMEOUT) as raw:
+        if tls_ca is None:
+            with suppress(ConnectionResetError):  # an abort resets, a refusal closes
+                assert raw.recv(100) == b""
+            return time.monotonic() - started
+        context = ssl.create_default_context(cafile=str(tls_ca))
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            started = time.monotonic()
+            with suppress(ssl.SSLZeroReturnError):
+                assert tls.recv(100) == b""  # the server's close_notify
+            return time.monotonic() - started
+
+
+@pytest.mark.integration
+@pytest_twisted.inlineCallbacks
+def test_sni_dir_key_chooses_certificates_by_name(tmp_path: Path) -> Any:
+    from ._abuse_helpers import issue, make_ca
+
+    reactor = _reactor()
+    cert_dir = tmp_path / "certs"
+    ca = make_ca("SNI CA")
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    api = issue(ca, ["api.example.test"])
+    api.write(tmp_path / "sni", "api.example.test", combined=True)
+    server = serverFromString(
+        reactor, _listen_description(cert_dir, f"sniDir={_q(tmp_path / 'sni')}")
+    )
+    port = yield server.listen(_factory(Echo))
+    try:
+        number = port.getHost().port
+        chosen, echoed = yield threads.deferToThread(
+            _tls_client, number, tmp_path / "ca.pem", host="api.example.test"
+        ).addTimeout(TIMEOUT, reactor)
+        assert (chosen, echoed) == (api.fingerprint, b"hello")
+        default, _ = yield threads.deferToThread(
+            _tls_client, number, cert_dir / "local-ca.pem"
+        ).addTimeout(TIMEOUT, reactor)
+        assert default == server.certificate.fingerprint_sha256
+    finally:
+        yield port.stopListening()
+
+
+@pytest.mark.integration
+@pytest_twisted.inlineCallbacks
+def test_client_certificate_keys_verify_clients(tmp_path: Path) -> Any:
+    from ._abuse_helpers import issue, make_ca
+
+    reactor = _reactor()
+    cert_dir = tmp_path / "certs"
+    clients = make_ca("client CA")
+    ca_file = tmp_path / "clients.pem"
+    ca_file.write_bytes(clients.cert_pem)
+    alice = issue(clients, ["alice"], client=True).write(tmp_path, "alice")
+    trust = cert_dir / "local-ca.pem"
+    required = serverFromString(
+        reactor, _listen_description(cert_dir, f"clientCA={_q(ca_file)}")
+    )
+    optional = serverFromString(
+        reactor, _listen_description(cert_dir, f"clientCA={_q(ca_file)}:clientCert=optional")
+    )
+    ports = [(yield required.listen(_factory(Echo))), (yield optional.listen(_factory(Echo)))]
+    try:
+        strict, lenient = (port.getHost().port for port in ports)
+        _, echoed = yield threads.deferToThread(
+            _tls_client, strict, trust, certificate=alice
+        ).addTimeout(TIMEOUT, reactor)
+        assert echoed == b"hello"
+        refused = yield threads.deferToThread(_refused, strict, trust).addTimeout(
+            TIMEOUT, reactor
+        )
+        assert refused
+        _, echoed = yield threads.deferToThread(_tls_client, lenient, trust).addTimeout(
+            TIMEOUT, reactor
+        )
+        assert echoed == b"hello"
+    finally:
+        for port in ports:
+            yield port.stopListening()
+
+
+def _refused(port: int, ca: Path) -> bool:
+    """Whether a client without a certificate is turned away."""
+    try:
+        _, echoed = _tls_client(port, ca)
+    except (ssl.SSLError, ConnectionError):
+        return True
+    return echoed == b""  # TLS 1.3: the alert comes after the client's handshake
+
+
+@pytest.mark.integration
+@pytest_twisted.inlineCallbacks
+def test_limit_and_timeout_keys(tmp_path: Path) -> Any:
+    reactor = _reactor()
+    cert_dir = tmp_path / "certs"
+    trust = cert_dir / "local-ca.pem"
+    server = serverFromString(
+        reactor,
+        _listen_description(
+            cert_dir, "maxConnections=1", "handshakeTimeout=0.5", "idleTimeout=0.5"
+        ),
+    )
+    assert server.factory_options["handshake_timeout"] == 0.5
+    assert server.factory_options["idle_timeout"] == 0.5
+    port = yield server.listen(_factory(Echo))
+    try:
+        number = port.getHost().port
+        # A client that never starts its handshake goes at the handshake timeout...
+        waited = yield threads.deferToThread(_ends_within, number, 0.5).addTimeout(
+            TIMEOUT, reactor
+        )
+        assert 0.4 < waited < 5, waited
+        # ... one that goes quiet after it, at the idle timeout, with close_notify.
+        waited = yield threads.deferToThread(
+            _ends_within, number, 0.5, tls_ca=trust
+        ).addTimeout(TIMEOUT, reactor)
+        assert 0.4 < waited < 5, waited
+        # One connection at a time: the second is closed at once.
+        first = socket.create_connection(("127.0.0.1", number), timeout=TIMEOUT)
+        try:
+            yield _until(lambda: server.serving.stats.active == 1, reactor)
+            waited = yield threads.deferToThread(_ends_within, number, 0.0).addTimeout(
+                TIMEOUT, reactor
+            )
+            assert waited < 0.4, waited
+            assert server.serving.limit.refused == 1
+        finally:
+            first.close()
+    finally:
+        yield port.stopListening()
+
+
+@defer.inlineCallbacks
+def _until(predicate: Any, reactor: Any, timeout: float = TIMEOUT) -> Any:
+    from twisted.internet.task import deferLater
+
+    waited = 0.0
+    while not predicate():
+        assert waited < timeout, "condition never met"
+        yield deferLater(reactor, 0.02, lambda: None)
+        waited += 0.02

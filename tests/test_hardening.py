@@ -788,6 +788,7 @@ def _error_of(*arguments: str) -> str:
         (["--alpn", "h2"], "no HTTP/2 support"),
         (["--alpn", "http/1.0"], "this server speaks"),
         (["--hsts=soon"], "--hsts 'soon' is not a whole number"),
+        (["--hsts=-1"], "--hsts -1 must be 0 or more"),
         (["--handshake-timeout", "-1"], "must be 0 or more"),
         (["--max-connections", "0"], "must be 1 or more"),
         (["--sni-dir", "/nonexistent"], "is not a directory"),

@@ -10,6 +10,7 @@ import errno
 import os
 import re
 import shutil
+import socket
 import ssl
 import stat
 import subprocess
@@ -800,3 +801,38 @@ def test_irc_channel_over_a_tac_with_membio(tmp_path: Path) -> None:
         finally:
             alice.close()
             bob.close()
+
+
+@pytest.mark.integration
+def test_an_internationalized_name_verifies_with_curl_and_python(tmp_path: Path) -> None:
+    """
+    IDNA 2008 end to end: ``--hostname faß.example`` puts ``xn--fa-hia.example``
+    in the certificate, the name curl (libidn2) and Python's ssl, given the
+    IDNA 2008 A-label, verify.  Python's own codec (IDNA 2003) would say
+    ``fass.example``: another host, which the certificate rightly does not name.
+    """
+    import idna
+
+    cert_dir = tmp_path / "certs"
+    command = _membio_https("--port", "0", "--cert-dir", str(cert_dir), "--hostname", "faß.example")
+    with running(command, tmp_path, subprocess_env(tmp_path / "home"), "idna") as server:
+        port = listening_port(server, HTTPS_READY)
+        assert "xn--fa-hia.example" in server.stdout
+        ca = cert_dir / "local-ca.pem"
+        a_label = idna.encode("faß.example", uts46=True).decode("ascii")
+        assert a_label == "xn--fa-hia.example" != "faß.example".encode("idna").decode()
+        page = _curl(
+            "--cacert", str(ca), "--resolve", f"{a_label}:{port}:127.0.0.1",
+            f"https://faß.example:{port}/",
+        )
+        assert page.returncode == 0, page.stderr
+        assert "TLS" in page.stdout
+        context = ssl.create_default_context(cafile=str(ca))
+        context.verify_flags |= ssl.VERIFY_X509_STRICT
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname=a_label) as tls:
+            assert tls.getpeercert() is not None
+        with pytest.raises(ssl.SSLCertVerificationError), socket.create_connection(
+            ("127.0.0.1", port), timeout=10
+        ) as raw, context.wrap_socket(raw, server_hostname="faß.example"):
+            pass  # Python encodes the U-label with IDNA 2003: fass.example

@@ -427,3 +427,118 @@ def test_backend_reset_mid_stream_closes_the_client_cleanly(tmp_path: Path) -> N
         membio.wait_for_log(r"backend tcp:127\.0\.0\.1:\d+ dropped the connection of client")
     assert (data, ending) == (b"about to crash", "close_notify")
     assert "Traceback" not in membio.stdout + membio.stderr
+
+
+# ------------------------------------------------------------------ the settings table, membio-tls
+
+
+def test_proxy_header_v2_says_whether_a_client_certificate_was_verified() -> None:
+    from membio_transport.proxy import ClientCertificate
+
+    client, reached = IPv4Address("TCP", "192.0.2.7", 5), IPv4Address("TCP", "10.0.0.1", 443)
+    for certificate, flags, verify in (
+        (ClientCertificate("alice", verified=True), 0x07, 0),
+        (ClientCertificate(None, verified=False), 0x07, 1),
+    ):
+        header = proxy_header_v2(
+            client, reached, tls_version="TLSv1.3", cipher="X", client_certificate=certificate
+        )
+        tlvs = _tlvs(header[16 + 12 :])
+        assert struct.unpack("!BI", tlvs[0x20][:5]) == (flags, verify)
+        sub = _tlvs(tlvs[0x20][5:])
+        assert sub.get(0x22) == (b"alice" if certificate.common_name else None)
+        V2Parser.parse(header)  # still a header Twisted reads
+
+
+def _h2_backend(conn: socket.socket, record: dict[str, object]) -> None:
+    """Read the PROXY v2 header, then answer every request over HTTP/2 (prior knowledge)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    header = read_proxy_header(conn)
+    record["alpn"] = _tlvs(header[16 + 12 :]).get(0x01)
+    h2conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    h2conn.initiate_connection()
+    conn.sendall(h2conn.data_to_send())
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return
+        for event in h2conn.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                body = b"hello over h2\n"
+                h2conn.send_headers(
+                    event.stream_id,
+                    [(":status", "200"), ("content-length", str(len(body)))],
+                )
+                h2conn.send_data(event.stream_id, body, end_stream=True)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                conn.sendall(h2conn.data_to_send())
+                return
+        conn.sendall(h2conn.data_to_send())
+
+
+@pytest.mark.integration
+def test_alpn_h2_end_to_end_and_in_the_proxy_v2_header(tmp_path: Path) -> None:
+    """curl speaks HTTP/2 through membio-tls to an HTTP/2 backend; the header names h2."""
+    import shutil
+    import subprocess
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    with backend(_h2_backend) as h2_server, proxy(
+        tmp_path, h2_server.endpoint, "--alpn", "h2,http/1.1", "--proxy-protocol", "v2"
+    ) as (server, port, ca):
+        result = subprocess.run(
+            ["curl", "--silent", "--show-error", "--max-time", "10", "--http2", "--cacert",
+             str(ca), "--write-out", "%{http_version}", f"https://localhost:{port}/"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )
+        assert result.returncode == 0, result.stderr + server.describe()
+        assert result.stdout == "hello over h2\n2"
+        [record] = h2_server.wait_for(1)
+        assert record["alpn"] == b"h2"
+        assert "ALPN h2, http/1.1" in server.stdout
+
+
+@pytest.mark.integration
+def test_client_certificates_sni_and_limits_on_the_command_line(tmp_path: Path) -> None:
+    """The settings table's options reach membio-tls: verified clients, named in the header."""
+    from ._abuse_helpers import issue, make_ca
+
+    clients = make_ca("client CA")
+    ca_file = tmp_path / "clients.pem"
+    ca_file.write_bytes(clients.cert_pem)
+    alice = issue(clients, ["alice"], client=True).write(tmp_path, "alice")
+
+    def record_header(conn: socket.socket, record: dict[str, object]) -> None:
+        record["header"] = read_proxy_header(conn)
+        echo_handler(conn, record)
+
+    with backend(record_header) as recorder, proxy(
+        tmp_path, recorder.endpoint, "--proxy-protocol", "v2", "--client-ca", str(ca_file),
+        "--max-connections", "10", "--idle-timeout", "30",
+    ) as (server, port, ca):
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(ca))
+        context.load_cert_chain(str(alice[0]), str(alice[1]))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"ping")
+            assert tls.recv(4) == b"ping"
+        [record] = recorder.wait_for(1)
+        tlvs = _tlvs(bytes(record["header"])[16 + 12 :])  # type: ignore[call-overload]
+        assert struct.unpack("!BI", tlvs[0x20][:5]) == (0x07, 0)  # presented, verified
+        assert _tlvs(tlvs[0x20][5:])[0x22] == b"alice"
+        # Without a certificate, no connection reaches the backend.
+        plain = ssl.create_default_context(cafile=str(ca))
+        with pytest.raises((ssl.SSLError, ConnectionError)), socket.create_connection(
+            ("127.0.0.1", port), timeout=10
+        ) as raw, plain.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"ping")
+            if not tls.recv(4):
+                raise ConnectionError("closed")
+        assert "client certificates: required, verified against" in server.stdout
+        assert "at most 10 connections" in server.stdout

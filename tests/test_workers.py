@@ -382,11 +382,14 @@ def test_membio_tls_with_workers_relays_from_every_worker(tmp_path: Path) -> Non
 @pytest.mark.skipif(
     shutil.which("systemd-socket-activate") is None, reason="needs systemd-socket-activate"
 )
-@pytest.mark.parametrize("selector", ["name=https", "index=0"])
-def test_systemd_socket_activation(tmp_path: Path, selector: str) -> None:
+@pytest.mark.parametrize(
+    ("selector", "workers"), [("name=https", "0"), ("index=0", "0"), ("name=https", "2")]
+)
+def test_systemd_socket_activation(tmp_path: Path, selector: str, workers: str) -> None:
     """
     ``systemd-socket-activate`` stands in for a .socket unit: it listens, then
-    starts membio-https with the socket as fd 3 and LISTEN_FDS/LISTEN_FDNAMES.
+    starts membio-https with the socket as fd 3 and LISTEN_FDS/LISTEN_FDNAMES;
+    with --workers, the parent hands that socket to every worker.
     """
     port, cert_dir = free_port(), tmp_path / "certs"
     # Made now: membio-https starts only when the first client connects.
@@ -400,7 +403,7 @@ def test_systemd_socket_activation(tmp_path: Path, selector: str) -> None:
         *[f"-E{name}" for name in ("PYTHONPATH", "HOME", "XDG_STATE_HOME", "PYTHONUNBUFFERED")],
         *twistd_command(), "-n",
         "--pidfile=", "membio-https", "--cert-dir", str(cert_dir),
-        "--listen", f"systemd:domain=INET:{selector}",
+        "--listen", f"systemd:domain=INET:{selector}", "--workers", workers,
     ]
     with running(command, tmp_path, subprocess_env(tmp_path / "home")) as server:
         # It starts the program when the first connection arrives; that
@@ -453,3 +456,78 @@ def test_port_in_use_with_workers_ends_with_one_line(tmp_path: Path, plugin: str
         "use (another server, or another membio-https, is listening there); stop it or choose "
         "another --port"
     ], result.stderr
+
+
+# ------------------------------------------------------------------ --listen with --workers
+
+
+def _announced(server: Server, pattern: str) -> list[str]:
+    return re.findall(pattern, server.stdout)
+
+
+@pytest.mark.integration
+def test_workers_share_listen_endpoints_and_the_redirect(tmp_path: Path) -> None:
+    """
+    --listen endpoints that can be shared (here unix: and haproxy:tcp:) and
+    --redirect-http are bound once in the parent and served by every worker.
+    """
+    sock = tmp_path / "https.sock"
+    with https_workers(
+        tmp_path, 2,
+        "--listen", f"unix:{sock}",
+        "--listen", "haproxy:tcp:0:interface=127.0.0.1",
+        "--redirect-http", "0",
+    ) as (server, port, ca):
+        pids = list(worker_pids(server).values())
+        tcp = [int(p) for p in _announced(server, r"HTTPS on 127\.0\.0\.1:(\d+), shared by 2")]
+        assert tcp[0] == port and len(tcp) == 2, server.stdout
+        proxied = tcp[1]
+        assert f"HTTPS on unix:{sock}, shared by 2 worker process(es)" in server.stdout
+        [redirect] = _announced(server, r"plain HTTP on 127\.0\.0\.1:(\d+) redirects to HTTPS")
+        # Every listener answers, from the workers (the parent serves nothing itself).
+        assert b"TLS" in fetch(port, _context(ca))[0]
+        over_unix = subprocess.run(
+            ["curl", "--silent", "--show-error", "--max-time", "10", "--cacert", str(ca),
+             "--unix-socket", str(sock), "https://localhost/"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )
+        assert over_unix.returncode == 0 and "TLS" in over_unix.stdout, over_unix.stderr
+        with socket.create_connection(("127.0.0.1", proxied), timeout=10) as raw:
+            raw.sendall(f"PROXY TCP4 203.0.113.7 127.0.0.1 40000 {proxied}\r\n".encode())
+            with _context(ca).wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while chunk := tls.recv(65536):
+                    answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        moved = subprocess.run(
+            ["curl", "--silent", "--max-time", "10", "--write-out", "%{redirect_url}",
+             "--output", "/dev/null", f"http://127.0.0.1:{redirect}/here"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )
+        assert moved.stdout == f"https://127.0.0.1:{port}/here"
+        served_by = spread_over(pids, lambda: fetch(port, _context(ca), owners=pids)[3])
+        assert set(served_by) == set(pids), served_by
+        assert server.stop() in (0, -signal.SIGTERM)
+    assert not sock.exists(), "the parent removes the socket file it made"
+
+
+@pytest.mark.integration
+def test_membio_tls_workers_share_a_listen_endpoint(tmp_path: Path) -> None:
+    cert_dir = tmp_path / "certs"
+    with backend(echo_handler) as echo:
+        command = membio_tls_command(
+            twistd_command(), "--listen", "tcp:0:interface=127.0.0.1", "--backend",
+            echo.endpoint, "--cert-dir", str(cert_dir), "--workers", "2",
+        )
+        with running(command, tmp_path, subprocess_env(tmp_path / "home")) as server:
+            port = listening_port(server, r"TLS on 127\.0\.0\.1:(\d+), shared by 2")
+            wait_for_workers(server, 2)
+            server.wait_for_port(port)
+            client = TLSClient(port, cert_dir / "local-ca.pem")
+            try:
+                client.send(b"shared")
+                client.close_notify()
+                assert client.read_to_end() == (b"shared", "close_notify")
+            finally:
+                client.close()

@@ -15,6 +15,7 @@ two apps are siblings.
 
 from ._relay import (
     PROXY_PROTOCOL_VERSIONS,
+    ClientCertificate,
     ProxyFactory,
     ProxyVersion,
     proxy_header_v1,
@@ -24,6 +25,7 @@ from .tap import Options, TLSProxyService, makeService
 
 __all__ = [
     "PROXY_PROTOCOL_VERSIONS",
+    "ClientCertificate",
     "Options",
     "ProxyFactory",
     "ProxyVersion",

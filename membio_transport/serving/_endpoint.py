@@ -86,7 +86,15 @@ from ..certs import CertificateError, normalize_name, os_reason
 from ..tls import wrapClientTLS
 from ._listeners import names_for_interface
 from ._server import TLSServing
-from ._settings import DEFAULT_BACKLOG, SETTINGS, SettingError, TLSSettings, key_of, parse_values
+from ._settings import (
+    DEFAULT_BACKLOG,
+    SETTINGS,
+    SettingError,
+    TLSSettings,
+    key_of,
+    parse_values,
+    setting,
+)
 from ._tlsendpoint import TLSServerEndpoint
 
 __all__ = ["parse_client", "parse_server"]
@@ -98,10 +106,6 @@ _CLIENT_KEYWORDS: Final = (
     "host", "port", "caFile", "timeout", "bindAddress", "certificate", "privateKey", "alpn",
     "endpoint",
 )
-
-
-def _split_list(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 # ------------------------------------------------------------------ parsers
@@ -191,10 +195,9 @@ def _settings(kwargs: dict[str, str], settings_keys: dict[str, str]) -> TLSSetti
         if name is None:
             continue
         if name in typed:
-            raise SettingError(f"give {key_of(name)}= once ({typed[name]}= is the same)")
+            raise SettingError(f"give {typed[name]}= once ({key}= is the same)")
         typed[name] = key
-        row = next(row for row in SETTINGS if row.name == name)
-        values[name] = text.split(",") if row.repeats and name != "hostname" else [text]
+        values[name] = text.split(",") if setting(name).repeats else [text]
     if "key" in values and "cert" not in values:
         # Twisted's ssl: rule: privateKey= alone names one file holding both.
         values["cert"], values["key"] = values["key"], [""] * len(values["key"])
@@ -224,6 +227,11 @@ def parse_client(reactor: Any, *args: str, **kwargs: str) -> IStreamClientEndpoi
     host = settings.get("host")
     if not host:
         raise ValueError("membio: host= is required, as in membio:host=example.com:port=443")
+    try:
+        # IDNA 2008, as the certificate's names are (Python's codec is IDNA 2003).
+        ascii_host = normalize_name(host)
+    except CertificateError as error:
+        raise ValueError(f"membio: host={host!r}: {error}") from None
     inner_description = settings.get("endpoint")
     from twisted.internet import endpoints, ssl
 
@@ -232,14 +240,14 @@ def parse_client(reactor: Any, *args: str, **kwargs: str) -> IStreamClientEndpoi
         client_certificate = _client_certificate(
             settings.get("certificate"), settings.get("privateKey")
         )
-    except CertificateError as error:
+        alpn = setting("alpn").parse(settings["alpn"], "alpn=") if "alpn" in settings else ()
+    except (CertificateError, SettingError) as error:
         raise ValueError(f"membio: {error}") from None
-    alpn = [name.encode("ascii") for name in _split_list(settings.get("alpn", ""))]
     creator = ssl.optionsForClientTLS(
-        host,
+        ascii_host,
         trustRoot=trust,
         clientCertificate=client_certificate,
-        acceptableProtocols=alpn or None,
+        acceptableProtocols=list(alpn) or None,
     )
     wrapped: IStreamClientEndpoint
     if inner_description is not None:
@@ -256,14 +264,9 @@ def parse_client(reactor: Any, *args: str, **kwargs: str) -> IStreamClientEndpoi
         port = _integer("port", settings["port"], 1, 65535)
         timeout = _integer("timeout", settings.get("timeout", "30"), 1, 86400)
         bind = settings.get("bindAddress")
-        try:
-            # IDNA 2008, as the certificate's names are (Python's codec is IDNA 2003).
-            address = normalize_name(host).encode("ascii")
-        except CertificateError as error:
-            raise ValueError(f"membio: host={host!r}: {error}") from None
         wrapped = endpoints.HostnameEndpoint(
             reactor,
-            address,
+            ascii_host.encode("ascii"),
             port,
             timeout,
             None if bind is None else (bind, 0),

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from ..certs import CertificateError, default_cert_dir
+from ..certs import default_cert_dir
 from ..tls import HARDENED_HANDSHAKE_TIMEOUT, PROFILES, PlainHTTPPolicy, Profile
 
 __all__ = [
@@ -55,6 +55,10 @@ DEFAULT_BACKLOG: Final = 511
 
 #: The largest listen queue anyone should ask for (the kernel caps it anyway).
 _MAX_BACKLOG: Final = 65535
+#: A timeout or interval longer than a year is a typing mistake.
+_MAX_SECONDS: Final = 365 * 86400
+#: More simultaneous connections than this is a typing mistake too.
+_MAX_COUNT: Final = 10**9
 
 #: Words written in capitals inside an endpoint key, as Twisted's own keys
 #: do (``caFile``, ``sslmethod``... and ``clientCA``, ``plainHTTP`` here).
@@ -125,6 +129,8 @@ def _alpn(text: str, spelling: str) -> tuple[bytes, ...]:
     names = _names(text, spelling)
     if names == ("none",):
         return ()
+    if "none" in names:
+        raise SettingError(f"{said(spelling, text)}: none (no ALPN) stands alone")
     if not names:
         raise SettingError(f"{spelling.rstrip('= ')} needs at least one protocol, or 'none'")
     try:
@@ -153,17 +159,17 @@ def _number(text: str, spelling: str, *, integer: bool, low: float, high: float)
     if not math.isfinite(value) or value < low:
         raise SettingError(f"{spelling.rstrip('= ')} {text} must be {low:g} or more")
     if value > high:
-        raise SettingError(f"{spelling.rstrip('= ')} {text} must be {high:g} or less")
+        raise SettingError(f"{spelling.rstrip('= ')} {text} must be {high:.0f} or less")
     return value
 
 
 def _seconds_or_off(text: str, spelling: str) -> float | None:
     """Seconds, 0 meaning "no limit"."""
-    return _number(text, spelling, integer=False, low=0, high=86400 * 365) or None
+    return _number(text, spelling, integer=False, low=0, high=_MAX_SECONDS) or None
 
 
 def _count(text: str, spelling: str) -> int:
-    return int(_number(text, spelling, integer=True, low=1, high=10**9))
+    return int(_number(text, spelling, integer=True, low=1, high=_MAX_COUNT))
 
 
 def _backlog(text: str, spelling: str) -> int:
@@ -270,8 +276,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(
         "sni_dir",
         "Directory of more certificates chosen by the name clients ask for (SNI): "
-        "<hostname>.pem (chain, plus the key unless there is a <hostname>.key); "
-        "*.example.com.pem is a wildcard.",
+        "NAME.pem (chain, plus the key unless there is a NAME.key); *.example.com.pem is "
+        "a wildcard.",
         "none", _directory,
     ),
     Setting(
@@ -449,8 +455,6 @@ def parse_values(
     parsed: dict[str, Any] = dict(defaults or {})
     for name, texts in values.items():
         row = _BY_NAME[name]
-        if entry_point not in row.entry_points:
-            raise SettingError(f"{spell(name).rstrip('=')} does not apply to {entry_point}")
         if row.repeats:
             items: list[Any] = []
             for text in texts:
@@ -462,7 +466,4 @@ def parse_values(
     cert_count = len(parsed.get("cert", ()))
     keys = parsed.get("key", ())
     parsed["key"] = tuple(keys) + (None,) * max(cert_count - len(keys), 0)
-    try:
-        return TLSSettings(entry_point=entry_point, spell=spell, **parsed).check()
-    except CertificateError as error:
-        raise SettingError(str(error)) from None
+    return TLSSettings(entry_point=entry_point, spell=spell, **parsed).check()

@@ -67,8 +67,10 @@ class SignalDispatcher:
         self._next += 1
         self._subscribers[token] = subscriber
         if not self._installed and threading.current_thread() is threading.main_thread():
-            self._previous = signal.getsignal(self.number)
-            signal.signal(self.number, self._handler)
+            current = signal.getsignal(self.number)
+            if current is not self._handler:  # ours may have stayed (see _uninstall)
+                self._previous = current
+                signal.signal(self.number, self._handler)
             self._installed = True
 
         def unsubscribe() -> None:
