@@ -32,7 +32,6 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwk import JWKEC
 
@@ -43,6 +42,7 @@ from ..certs import (
     ServerCertificate,
     generate_private_key,
     load_certificate,
+    pem_key,
     prepare_state_dir,
     read_private_key,
     write_atomically,
@@ -141,7 +141,7 @@ class AcmeStore:
         else:
             key = generate_private_key("ecdsa")
             assert isinstance(key, ec.EllipticCurvePrivateKey)
-            self._write(key_path, _pem_key(key), KEY_FILE_MODE)
+            self._write(key_path, pem_key(key), KEY_FILE_MODE)
         uri, terms = self._read_registration(folder / ACCOUNT_FILE)
         return AccountRecord(JWKEC(key=key), uri, terms)
 
@@ -209,7 +209,7 @@ class AcmeStore:
         folder = self.certificate_dir(directory_url, names)
         # Key first: a crash in between leaves a mismatched pair, which
         # load_certificate refuses, so the next start orders again.
-        self._write(folder / KEY_FILE, _pem_key(key), KEY_FILE_MODE)
+        self._write(folder / KEY_FILE, pem_key(key), KEY_FILE_MODE)
         self._write(folder / CHAIN_FILE, chain_pem, CERT_FILE_MODE)
         try:
             chain = folder / CHAIN_FILE
@@ -278,12 +278,3 @@ def _holder(fd: int) -> str:
     except OSError:
         text = ""
     return f"pid {text}" if text.isdigit() else "another process"
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    # Unencrypted: the server renews unattended; the 0600 mode protects the key.
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )

@@ -17,14 +17,14 @@ from typing import Any, ClassVar, Final, TypeVar
 from twisted.python import usage
 from twisted.web.resource import Resource
 
-from ..certs import KEY_PASSWORD_ENV, CertificateError
+from ..certs import KEY_PASSWORD_ENV
 from ..serving import (
     DEFAULT_BACKLOG,
     DEFAULT_INTERFACE,
     DEFAULT_PORT,
     TLS_PREFIXES,
+    ConfigurationError,
     Listener,
-    SettingError,
     TLSOptions,
     TLSServing,
     endpoint_from,
@@ -34,7 +34,7 @@ from ..serving import (
     tcp_endpoint,
 )
 from ..tls import format_host_port
-from ..workers import DEFAULT_GRACE, LISTEN_BACKLOG
+from ..workers import LISTEN_BACKLOG, WORKER_OPTIONS
 from ._info_page import TLSInfoPage
 from ._web import check_http_alpn, default_alpn, hsts_arguments, hsts_max_age
 
@@ -79,7 +79,6 @@ def _doc(text: str) -> Callable[[_F], _F]:
 class Options(TLSOptions):
     synopsis = "[options]"
     entry_point = "membio-https"
-    #: How users start us, for error messages (``python -m`` changes it).
     command: ClassVar[str] = "twistd membio-https"
 
     longdesc = ""  # see getUsage: Twisted would reflow paragraphs and examples into one
@@ -107,16 +106,7 @@ class Options(TLSOptions):
             "[--hsts alone: two years]. Browsers remember it: not for names other servers "
             "use too (localhost).",
         ],
-        [
-            "workers", None, "0",
-            "Serve from N worker processes sharing the listening sockets and one TLS context "
-            "(sessions resume on any worker; a crashed worker is restarted); 0 serves from "
-            "this process.",
-        ],
-        [
-            "grace", None, f"{DEFAULT_GRACE:g}",
-            "With --workers: seconds open connections get to finish on SIGTERM.",
-        ],
+        *WORKER_OPTIONS,
     ]
 
     def __init__(self) -> None:
@@ -131,39 +121,14 @@ class Options(TLSOptions):
     def opt_listen(self, description: str) -> None:
         self["listen"].append(description)
 
-    def command_name(self) -> str:
-        """How the user started us: twistd, twist or python -m (for messages)."""
-        parent = getattr(self, "parent", None)
-        if parent is not None and ".twist." in f"{type(parent).__module__}.":
-            return "twist membio-https"
-        return self.command
-
     def getUsage(self, width: int | None = None) -> str:
         usage_text = super().getUsage(width)
         return f"{usage_text}\n{_DESCRIPTION}"
 
-    def parseOptions(self, options: Sequence[str] | None = None) -> None:
-        """
-        Parse, and turn any usage error into one line on standard error and
-        exit status 1 (twistd would print its whole help text first).
-        """
-        import sys
-
-        arguments = hsts_arguments(sys.argv[1:] if options is None else options)
-        try:
-            super().parseOptions(arguments)  # type: ignore[no-untyped-call]  # untyped in Twisted
-        except usage.UsageError as error:
-            command = self.command_name()
-            hint = "" if isinstance(error, _ConfigurationError) else f" (see: {command} --help)"
-            raise SystemExit(f"{command}: error: {error}{hint}") from None
+    def arguments(self, given: Sequence[str]) -> list[str]:
+        return hsts_arguments(given)
 
     def postOptions(self) -> None:
-        try:
-            self._check()
-        except (CertificateError, SettingError) as error:
-            raise _ConfigurationError(str(error)) from None
-
-    def _check(self) -> None:
         from ._workers import check_https_options
 
         settings = self.tls_settings(defaults={"alpn": tuple(default_alpn())})
@@ -205,9 +170,9 @@ class Options(TLSOptions):
 
         path = Path(self["path"]).expanduser().absolute()
         if not path.exists():
-            raise _ConfigurationError(f"--path {path} does not exist")
+            raise ConfigurationError(f"--path {path} does not exist")
         if not os.access(path, os.R_OK):
-            raise _ConfigurationError(f"--path {path} is not readable by this user")
+            raise ConfigurationError(f"--path {path} is not readable by this user")
         self["path"] = path
         return File(os.fspath(path))
 
@@ -266,7 +231,3 @@ class Options(TLSOptions):
             return [share(item.endpoint, item.label, item.port_option) for item in every]
         except SharingRefused as error:
             raise usage.UsageError(str(error)) from None
-
-
-class _ConfigurationError(usage.UsageError):
-    """A usage error about the environment (files, certificates): no --help hint."""

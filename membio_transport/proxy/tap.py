@@ -26,12 +26,10 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from ..certs import CertificateError
 from ..serving import (
     DEFAULT_BACKLOG,
     TLS_PREFIXES,
     Listener,
-    SettingError,
     StartupError,
     TLSOptions,
     TLSServing,
@@ -45,8 +43,8 @@ from ..serving import (
 )
 from ..tls import format_address, format_host_port
 from ..workers import (
-    DEFAULT_GRACE,
     LISTEN_BACKLOG,
+    WORKER_OPTIONS,
     SharedListener,
     SharingRefused,
     WorkerPool,
@@ -107,15 +105,7 @@ class Options(TLSOptions):
             "client: v1 (text) or v2 (binary, also carries SNI, ALPN, TLS version and "
             "client certificate).",
         ],
-        [
-            "workers", None, "0",
-            "Accept on the listening sockets from N worker processes sharing one TLS "
-            "context; 0 serves from this process.",
-        ],
-        [
-            "grace", None, f"{DEFAULT_GRACE:g}",
-            "With --workers: seconds open connections get to finish on SIGTERM.",
-        ],
+        *WORKER_OPTIONS,
     ]
 
     def __init__(self) -> None:
@@ -126,23 +116,8 @@ class Options(TLSOptions):
         """Also accept TLS on this plain server endpoint (repeatable), e.g. haproxy:tcp:8443."""
         self["listen"].append(description)
 
-    def command_name(self) -> str:
-        parent = getattr(self, "parent", None)
-        if parent is not None and ".twist." in f"{type(parent).__module__}.":
-            return "twist membio-tls"
-        return self.command
-
     def getUsage(self, width: int | None = None) -> str:
         return f"{super().getUsage(width)}\n{_DESCRIPTION}\n{_EXAMPLES}"
-
-    def parseOptions(self, options: Sequence[str] | None = None) -> None:
-        try:
-            super().parseOptions(options)  # type: ignore[no-untyped-call]  # untyped in Twisted
-        except (SettingError, CertificateError) as error:
-            raise SystemExit(f"{self.command_name()}: error: {error}") from None
-        except usage.UsageError as error:
-            command = self.command_name()
-            raise SystemExit(f"{command}: error: {error} (see: {command} --help)") from None
 
     def postOptions(self) -> None:
         from twisted.internet import reactor

@@ -21,7 +21,7 @@ pyOpenSSL and cryptography.  It never imports ``workers``, ``https`` or
 ``proxy``: those are built on it.
 """
 
-from ._commandline import TLSOptions
+from ._commandline import ConfigurationError, TLSOptions
 from ._context import build_server_context
 from ._endpoint import parse_client, parse_server
 from ._limits import BURST_GAP, BURST_REPORT_EVERY, ConnectionLimit, LimitedEndpoint
@@ -78,6 +78,7 @@ __all__ = [
     "CertificateFiles",
     "CertificateSet",
     "CertificateSource",
+    "ConfigurationError",
     "ConnectionLimit",
     "EntryPoint",
     "GeneratedCertificate",

@@ -1,11 +1,14 @@
 """
 The settings table as twistd command-line options, for both apps.
 
-`TLSOptions` is mixed into ``membio-https``'s and ``membio-tls``'s
+`TLSOptions` is the base of ``membio-https``'s and ``membio-tls``'s
 ``Options``: every row of the table (``_settings``) becomes an option with
 the row's flag and help, generated here, never written twice.  Values stay
 the text the user typed until `TLSOptions.tls_settings` parses them all
 with the table's parsers and checks them together, into `TLSSettings`.
+It also gives both apps one way to fail: any mistake ends the program with
+one line on standard error and exit status 1 (twistd would print its whole
+help text first), with a pointer to ``--help`` only for a usage mistake.
 
 Repeated ``--cert``/``--key`` pair up in order: each ``--key`` belongs to
 the ``--cert`` before it (or, for the first one, after it: ``--key k --cert
@@ -14,11 +17,12 @@ c`` has always worked); a ``--cert`` with no ``--key`` holds its key itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from twisted.python import usage
 
+from ..certs import CertificateError
 from ._settings import (
     SETTINGS,
     EntryPoint,
@@ -28,11 +32,15 @@ from ._settings import (
     parse_values,
 )
 
-__all__ = ["TLSOptions"]
+__all__ = ["ConfigurationError", "TLSOptions"]
 
 
 def _option_name(name: str) -> str:
     return flag_of(name)[2:]
+
+
+class ConfigurationError(usage.UsageError):
+    """A mistake about the environment (files, certificates): no --help hint."""
 
 
 class TLSOptions(usage.Options):
@@ -40,6 +48,8 @@ class TLSOptions(usage.Options):
 
     #: Which entry point the options belong to (each app sets it).
     entry_point: ClassVar[EntryPoint]
+    #: How users start it, for error messages (``python -m`` changes it).
+    command: ClassVar[str]
 
     optParameters: ClassVar[list[list[Any]]] = [
         [_option_name(row.name), row.short, None, row.help_text()]
@@ -56,6 +66,30 @@ class TLSOptions(usage.Options):
         super().__init__()  # type: ignore[no-untyped-call]  # twisted.python.usage is untyped
         #: The repeated options (--cert, --key, --hostname) in the order given.
         self["tls_repeats"] = []
+
+    def command_name(self) -> str:
+        """How the user started us: twistd, twist or python -m (for messages)."""
+        parent = getattr(self, "parent", None)
+        if parent is not None and ".twist." in f"{type(parent).__module__}.":
+            return f"twist {self.entry_point}"
+        return self.command
+
+    def arguments(self, given: Sequence[str]) -> list[str]:
+        """The command line as the parser is to see it (an app may rewrite it)."""
+        return list(given)
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Parse, and turn any mistake into one line and exit status 1."""
+        import sys
+
+        arguments = self.arguments(sys.argv[1:] if options is None else options)
+        command = self.command_name()
+        try:
+            super().parseOptions(arguments)  # type: ignore[no-untyped-call]  # untyped in Twisted
+        except (SettingError, CertificateError, ConfigurationError) as error:
+            raise SystemExit(f"{command}: error: {error}") from None
+        except usage.UsageError as error:
+            raise SystemExit(f"{command}: error: {error} (see: {command} --help)") from None
 
     def tls_settings(self, defaults: Mapping[str, Any] | None = None) -> TLSSettings:
         """
@@ -96,9 +130,10 @@ def _repeated(name: str) -> Any:
 
 for _row in SETTINGS:
     if _row.repeats:
-        setattr(TLSOptions, f"opt_{_row.name}", _repeated(_row.name))
+        _option = _repeated(_row.name)
+        setattr(TLSOptions, f"opt_{_row.name}", _option)
         if _row.short:
-            setattr(TLSOptions, f"opt_{_row.short}", _repeated(_row.name))
+            setattr(TLSOptions, f"opt_{_row.short}", _option)  # the same: shown as -c, --cert
 
 
 def _pair_certificates(given: list[tuple[str, str]]) -> tuple[list[str], list[str]]:

@@ -16,7 +16,7 @@ and, below it, ``tls`` and ``certs``, through their faces; Twisted.  Never
 special to it.
 """
 
-from ._cli import close_shared, open_shared_sockets, parse_worker_options
+from ._cli import WORKER_OPTIONS, close_shared, open_shared_sockets, parse_worker_options
 from ._pool import (
     DEFAULT_GRACE,
     LISTEN_BACKLOG,
@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_GRACE",
     "LISTEN_BACKLOG",
     "MAX_WORKERS",
+    "WORKER_OPTIONS",
     "AdoptedSocketEndpoint",
     "SharedListener",
     "SharingRefused",

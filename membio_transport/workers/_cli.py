@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from ..serving import Listener, StartupError, exit_with_message, listen_error
-from ._pool import MAX_WORKERS
+from ._pool import DEFAULT_GRACE, MAX_WORKERS
 from ._shared import SharedListener
 
-__all__ = ["close_shared", "open_shared_sockets", "parse_worker_options"]
+__all__ = ["WORKER_OPTIONS", "close_shared", "open_shared_sockets", "parse_worker_options"]
+
+#: ``--workers`` and ``--grace`` as twistd option rows, the same in both apps.
+WORKER_OPTIONS: Final[list[list[Any]]] = [
+    [
+        "workers", None, "0",
+        "Serve from N worker processes sharing the listening sockets and one TLS context "
+        "(sessions resume on any worker; a crashed worker is restarted); 0 serves from this "
+        "process.",
+    ],
+    [
+        "grace", None, f"{DEFAULT_GRACE:g}",
+        "With --workers: seconds open connections get to finish on SIGTERM.",
+    ],
+]
 
 
 def parse_worker_options(options: Any) -> None:
