@@ -63,14 +63,14 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_reclaim.py", "tests/test_parity.py",
     ),
     "membio_transport/tls/_record_io.py": ("tests/test_engine.py", "tests/test_reclaim.py"),
-    # The transport class and the three pieces it is made of (issue #11 split
-    # the old _protocol.py): the same tests defend all four.
+    # The transport class and the four pieces it is made of (issue #11 split
+    # the old _protocol.py): the same tests defend all five.
     **{
         f"membio_transport/tls/{name}.py": (
             "tests/test_parity.py", "tests/test_transport.py", "tests/test_server_policies.py",
             "tests/test_defaults.py", "tests/test_reclaim.py", "tests/test_starttls.py",
         )
-        for name in ("_protocol", "_aggregate", "_timers", "_sniff")
+        for name in ("_protocol", "_aggregate", "_timers", "_sniff", "_failures")
     },
 }
 
@@ -90,7 +90,7 @@ IDENTITY = (
 #: why).  A survivor matches when both texts are contained in its lines;
 #: the report counts it as equivalent and prints the reason.
 _REC, _ENG, _PRO = "_record_io.py", "_engine.py", "_protocol.py"
-_AGG, _TIM, _SNF = "_aggregate.py", "_timers.py", "_sniff.py"
+_AGG, _TIM, _SNF, _FAI = "_aggregate.py", "_timers.py", "_sniff.py", "_failures.py"
 #: The mixins declare, for mypy only, the protocol methods they call.
 _STUBS = (
     "the stubs it guards are declarations for mypy: MemoryBIOTLSProtocol defines each of "
@@ -263,9 +263,13 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
      "with nothing to deliver, the _process that flag asks for only flushes, as _flush does"),
     (_PRO, "break", "continue",
      "after the peer's close_notify the next event is NEED_DATA, which ends the loop too"),
-    (_PRO, "self, error: TLSConnectionError, reason: str, *, log: bool = True",
+    (_FAI, "self, error: TLSConnectionError, reason: str, *, log: bool = True",
      "self, error: TLSConnectionError, reason: str, /, log: bool = True",
      "every caller passes `log` by keyword, which both signatures accept"),
+    # Inside `if TYPE_CHECKING:` nothing runs: any mutant of a stub survives.
+    (_TIM + ":_handshake_failed", "", "", _STUBS),
+    (_SNF + ":_handshake_failed", "", "", _STUBS),
+    (_FAI, "if TYPE_CHECKING:", "if not TYPE_CHECKING:", _STUBS),
     (_TIM, "if TYPE_CHECKING:", "if not TYPE_CHECKING:", _STUBS),
     (_SNF, "if TYPE_CHECKING:", "if not TYPE_CHECKING:", _STUBS),
     (_AGG, "if TYPE_CHECKING:", "if not TYPE_CHECKING:", _STUBS),
@@ -289,7 +293,7 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
      "the edge of a heuristic: exactly 16 KiB arriving in one read is not watched"),
     (_SNF, 'if kind is Preamble.HTTP and policy != "close":', 'policy is not "close":',
      "the policy strings are interned literals: identity and equality agree"),
-    (_PRO, 'self._preamble == b""', 'self._preamble is b""',
+    (_FAI, 'self._preamble == b""', 'self._preamble is b""',
      "the empty bytes object is a singleton"),
     (_TIM, "if timeout is None or not self.connected:", "if timeout is None and not",
      "the timer never starts without a timeout, and connectionLost cancels it"),

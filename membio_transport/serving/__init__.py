@@ -5,7 +5,8 @@ membio-tls`` and their ``--workers`` parents).
 
 What this layer is for: from a server's TLS settings to listeners that
 serve TLS.  ``_settings`` is the one table of settings (name, flag,
-endpoint key, default, parser); `TLSServing` (``_server``) builds from them
+endpoint key, default, parser: ``_values``), turned into twistd options by
+``_commandline``; `TLSServing` (``_server``) builds from them
 the certificate source and its lifecycle (``_source``: generated leaf
 renewed in process, files reloaded on change and on SIGHUP through
 ``_signals``, the SNI directory of ``_sni``), the contexts (``_context``),
@@ -44,12 +45,10 @@ from ._settings import (
     SETTINGS,
     EntryPoint,
     Setting,
-    SettingError,
     TLSSettings,
     flag_of,
     key_of,
     parse_values,
-    said,
     setting,
 )
 from ._signals import SIGHUP, SignalDispatcher
@@ -62,6 +61,7 @@ from ._source import (
 )
 from ._startup_errors import StartupError, exit_status_one, exit_with_message, listen_error
 from ._tlsendpoint import ServingPort, TLSServerEndpoint
+from ._values import SettingError, said
 
 __all__ = [
     "BURST_GAP",

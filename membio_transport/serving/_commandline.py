@@ -26,11 +26,11 @@ from ..certs import CertificateError
 from ._settings import (
     SETTINGS,
     EntryPoint,
-    SettingError,
     TLSSettings,
     flag_of,
     parse_values,
 )
+from ._values import SettingError
 
 __all__ = ["ConfigurationError", "TLSOptions"]
 

@@ -89,13 +89,13 @@ from ._server import TLSServing
 from ._settings import (
     DEFAULT_BACKLOG,
     SETTINGS,
-    SettingError,
     TLSSettings,
     key_of,
     parse_values,
     setting,
 )
 from ._tlsendpoint import TLSServerEndpoint
+from ._values import SettingError
 
 __all__ = ["parse_client", "parse_server"]
 

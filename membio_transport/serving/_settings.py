@@ -18,24 +18,38 @@ belong to each app.  Parsing a command line or an endpoint string gives
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from ..certs import default_cert_dir
-from ..tls import HARDENED_HANDSHAKE_TIMEOUT, PROFILES, PlainHTTPPolicy, Profile
+from ..tls import HARDENED_HANDSHAKE_TIMEOUT, PlainHTTPPolicy, Profile
+from ._values import (
+    SettingError,
+    parse_alpn,
+    parse_backlog,
+    parse_client_cert,
+    parse_count,
+    parse_directory,
+    parse_key_path,
+    parse_names,
+    parse_path,
+    parse_plain_http,
+    parse_profile,
+    parse_seconds_or_off,
+    parse_switch,
+)
 
 __all__ = [
     "ENTRY_POINTS",
     "SETTINGS",
     "EntryPoint",
     "Setting",
-    "SettingError",
     "TLSSettings",
     "flag_of",
     "key_of",
+    "parse_values",
     "setting",
 ]
 
@@ -53,20 +67,9 @@ DEFAULT_POLL_INTERVAL: Final = 5.0
 #: retries).  nginx's value; the kernel caps it at net.core.somaxconn.
 DEFAULT_BACKLOG: Final = 511
 
-#: The largest listen queue anyone should ask for (the kernel caps it anyway).
-_MAX_BACKLOG: Final = 65535
-#: A timeout or interval longer than a year is a typing mistake.
-_MAX_SECONDS: Final = 365 * 86400
-#: More simultaneous connections than this is a typing mistake too.
-_MAX_COUNT: Final = 10**9
-
 #: Words written in capitals inside an endpoint key, as Twisted's own keys
 #: do (``caFile``, ``sslmethod``... and ``clientCA``, ``plainHTTP`` here).
 _ACRONYMS: Final = frozenset({"alpn", "ca", "dns", "http", "ip", "sni", "tls", "url"})
-
-
-class SettingError(ValueError):
-    """A setting's value cannot be used; the message is one line naming what the user typed."""
 
 
 def flag_of(name: str) -> str:
@@ -82,118 +85,6 @@ def key_of(name: str) -> str:
     """
     first, *rest = name.split("_")
     return first + "".join(w.upper() if w in _ACRONYMS else w.capitalize() for w in rest)
-
-
-def said(spelling: str, text: str) -> str:
-    """How a value is quoted back: ``--idle-timeout 'x'`` or ``idleTimeout='x'``."""
-    return f"{spelling}{text!r}" if spelling.endswith("=") else f"{spelling} {text!r}"
-
-
-# ------------------------------------------------------------------ parsers
-# Each takes the text the user typed and how they spelled the setting
-# (``--idle-timeout`` or ``idleTimeout=``), and raises SettingError.
-
-
-def _path(text: str, spelling: str) -> Path:
-    if not text.strip():
-        raise SettingError(f"{said(spelling, text)} is empty: give a file or directory")
-    return Path(text).expanduser().absolute()
-
-
-def _key_path(text: str, spelling: str) -> Path | None:
-    """A key file, or "" for the key inside its certificate's file."""
-    return _path(text, spelling) if text else None
-
-
-def _directory(text: str, spelling: str) -> Path:
-    path = _path(text, spelling)
-    if not path.is_dir():
-        raise SettingError(f"{spelling.rstrip('= ')} {path} is not a directory")
-    return path
-
-
-def _names(text: str, spelling: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _profile(text: str, spelling: str) -> Profile:
-    for profile in PROFILES:
-        if text == profile:
-            return profile
-    raise SettingError(
-        f"{said(spelling, text)} is unknown: the TLS profiles are {' and '.join(PROFILES)}"
-    )
-
-
-def _alpn(text: str, spelling: str) -> tuple[bytes, ...]:
-    names = _names(text, spelling)
-    if names == ("none",):
-        return ()
-    if "none" in names:
-        raise SettingError(f"{said(spelling, text)}: none (no ALPN) stands alone")
-    if not names:
-        raise SettingError(f"{spelling.rstrip('= ')} needs at least one protocol, or 'none'")
-    try:
-        encoded = [name.encode("ascii") for name in dict.fromkeys(names)]
-    except UnicodeEncodeError:
-        raise SettingError(f"{said(spelling, text)}: protocol names are ASCII") from None
-    if any(len(name) > 255 for name in encoded):
-        raise SettingError(f"{said(spelling, text)}: a protocol name is at most 255 bytes")
-    return tuple(encoded)
-
-
-def _client_cert(text: str, spelling: str) -> Literal["required", "optional"]:
-    if text == "required":
-        return "required"
-    if text == "optional":
-        return "optional"
-    raise SettingError(f"{said(spelling, text)}: use required or optional")
-
-
-def _number(text: str, spelling: str, *, integer: bool, low: float, high: float) -> float:
-    try:
-        value = int(text) if integer else float(text)
-    except ValueError:
-        kind = "a whole number" if integer else "a number of seconds"
-        raise SettingError(f"{said(spelling, text)} is not {kind}") from None
-    if not math.isfinite(value) or value < low:
-        raise SettingError(f"{spelling.rstrip('= ')} {text} must be {low:g} or more")
-    if value > high:
-        raise SettingError(f"{spelling.rstrip('= ')} {text} must be {high:.0f} or less")
-    return value
-
-
-def _seconds_or_off(text: str, spelling: str) -> float | None:
-    """Seconds, 0 meaning "no limit"."""
-    return _number(text, spelling, integer=False, low=0, high=_MAX_SECONDS) or None
-
-
-def _count(text: str, spelling: str) -> int:
-    return int(_number(text, spelling, integer=True, low=1, high=_MAX_COUNT))
-
-
-def _backlog(text: str, spelling: str) -> int:
-    return int(_number(text, spelling, integer=True, low=1, high=_MAX_BACKLOG))
-
-
-def _plain_http(text: str, spelling: str) -> PlainHTTPPolicy | None:
-    if text == "off":
-        return None
-    if text == "explain":
-        return "explain"
-    if text == "redirect":
-        return "redirect"
-    if text == "close":
-        return "close"
-    raise SettingError(f"{said(spelling, text)}: use explain, redirect, close or off")
-
-
-def _switch(text: str, spelling: str) -> bool:
-    if text.lower() in ("", "yes", "true", "1", "on"):
-        return True
-    if text.lower() in ("no", "false", "0", "off"):
-        return False
-    raise SettingError(f"{said(spelling, text)}: use yes or no")
 
 
 # ------------------------------------------------------------------ the table
@@ -248,29 +139,29 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "cert",
         "PEM certificate chain (leaf first), with its key inside unless a key follows; "
         "repeat for more certificates chosen by SNI (the first is the default).",
-        "a generated certificate", _path, repeats=True, short="c", key_aliases=("certKey",),
+        "a generated certificate", parse_path, repeats=True, short="c", key_aliases=("certKey",),
     ),
     Setting(
         "key",
         "PEM private key (mode 0600 or 0640) of the certificate before it.",
-        "in the certificate file", _key_path, repeats=True, short="k",
+        "in the certificate file", parse_key_path, repeats=True, short="k",
         key_aliases=("privateKey",),
     ),
     Setting(
         "key_password_file",
         "File whose first line is the password of an encrypted key.",
-        "$MEMBIO_KEY_PASSWORD", _path,
+        "$MEMBIO_KEY_PASSWORD", parse_path,
     ),
     Setting(
         "cert_dir",
         "Directory of the generated certificate and its local CA.",
-        str(default_cert_dir()).replace(str(Path.home()), "~"), _path,
+        str(default_cert_dir()).replace(str(Path.home()), "~"), parse_path,
     ),
     Setting(
         "hostname",
         "Extra DNS name or IP address for the generated certificate (repeatable, or "
         "comma-separated).",
-        "localhost, 127.0.0.1, ::1, this machine's name, a specific interface", _names,
+        "localhost, 127.0.0.1, ::1, this machine's name, a specific interface", parse_names,
         repeats=True,
     ),
     Setting(
@@ -278,70 +169,70 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "Directory of more certificates chosen by the name clients ask for (SNI): "
         "NAME.pem (chain, plus the key unless there is a NAME.key); *.example.com.pem is "
         "a wildcard.",
-        "none", _directory,
+        "none", parse_directory,
     ),
     Setting(
         "profile",
         "TLS settings: intermediate (TLS 1.2 and 1.3, ECDHE with AES-GCM or "
         "ChaCha20-Poly1305) or modern (TLS 1.3 only).",
-        "intermediate", _profile,
+        "intermediate", parse_profile,
     ),
     Setting(
         "alpn",
         "ALPN protocols to offer, comma-separated, in preference order; none for no ALPN.",
         "h2,http/1.1 for membio-https (http/1.1 without HTTP/2 support), none elsewhere",
-        _alpn,
+        parse_alpn,
     ),
     Setting(
         "client_ca",
         "Verify client certificates against the CA certificates in this PEM file (mutual "
         "TLS).",
-        "no client certificates", _path,
+        "no client certificates", parse_path,
     ),
     Setting(
         "client_cert",
         "With a client CA: required (no certificate, no connection) or optional.",
-        "required", _client_cert,
+        "required", parse_client_cert,
     ),
     Setting(
         "request_client_cert",
         "Ask clients for a certificate without verifying it (membio-https shows it on its "
         "page; membio-tls passes it on in the PROXY v2 header).",
-        "off", _switch, switch=True,
+        "off", parse_switch, switch=True,
     ),
     Setting(
         "handshake_timeout",
         "Seconds a client has to complete its TLS handshake; 0 for no limit.",
-        f"{HARDENED_HANDSHAKE_TIMEOUT:g}", _seconds_or_off,
+        f"{HARDENED_HANDSHAKE_TIMEOUT:g}", parse_seconds_or_off,
     ),
     Setting(
         "idle_timeout",
         "Close connections that move no byte for this many seconds (with close_notify); 0 "
         "for no limit.",
-        "0", _seconds_or_off,
+        "0", parse_seconds_or_off,
     ),
     Setting(
         "max_connections",
         "Close new connections at once while this many are open.",
-        "no limit", _count,
+        "no limit", parse_count,
     ),
     Setting(
         "reload_interval",
         "Seconds between checks of the certificate files, which are reloaded for new "
         "connections when they change; 0: only on SIGHUP.",
-        f"{DEFAULT_POLL_INTERVAL:g}", _seconds_or_off,
+        f"{DEFAULT_POLL_INTERVAL:g}", parse_seconds_or_off,
     ),
     Setting(
         "backlog",
         "Listen queue length of the TCP listeners (--port, tcp: and tcp6: endpoints without "
         "their own).",
-        f"{DEFAULT_BACKLOG}; 1024 for the socket --workers share", _backlog,
+        f"{DEFAULT_BACKLOG}; 1024 for the socket --workers share", parse_backlog,
     ),
     Setting(
         "plain_http",
         "What a client speaking plain HTTP to the TLS port gets: explain (a 400 naming the "
         "https:// URL), redirect (a 301 there), close, or off (every byte to OpenSSL).",
-        "explain", _plain_http,
+        "explain", parse_plain_http,
     ),
 )
 

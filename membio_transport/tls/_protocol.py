@@ -13,16 +13,18 @@ module only decides *when* to feed it and where its output goes:
 * Pausing this transport stops delivery at once, including records that
   already arrived: the engine simply is not asked for more events.
 
-The class is made of four pieces, one per module, whose methods all run on
+The class is made of five pieces, one per module, whose methods all run on
 the one protocol object (a mixin's method costs what the same method costs
 here: no call is added on the per-record path):
 
 * this module: the ``ITransport``/``ISSLTransport`` the application sees,
-  the delivery loop, closing, producers, and what ``connectionLost`` gets;
+  the delivery loop, closing, producers;
 * `_aggregate.WriteCoalescing`: batching writes, encrypting, the flush;
 * `_timers.ConnectionTimers`: the handshake, idle and close timeouts;
 * `_sniff.FirstBytes`: the first bytes of a server connection (TLS, plain
-  HTTP to answer, or garbage to close).
+  HTTP to answer, or garbage to close);
+* `_failures.FailureReports`: a failed connection counted, logged and
+  reported to the application.
 
 Behaviour deliberately differs from Twisted's ``TLSMemoryBIOProtocol`` in
 the places where Twisted's is a known defect: the outgoing BIO is always
@@ -35,11 +37,7 @@ handshake) follows the factory's keywords, Twisted's way unless asked
 (see `_policy`).
 
 What the application's ``connectionLost`` receives is what Twisted's layer
-hands it (`_for_application` is the one place that decides): pyOpenSSL's
-own ``SSL.Error`` for a failed handshake or a bad record,
-``ConnectionLost`` for an end without close_notify, ``ConnectionDone``
-for a clean close.  The engine's precise exceptions stay inside; their
-words reach the log, and ``tls_failure_reason`` finds them again.
+hands it (`_failures` is the one place that decides).
 """
 
 from __future__ import annotations
@@ -49,7 +47,6 @@ from typing import Any
 
 from OpenSSL import SSL
 from OpenSSL._util import lib as _openssl_lib
-from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableProtocol,
@@ -61,16 +58,15 @@ from twisted.internet.interfaces import (
     ISystemHandle,
     ITransport,
 )
-from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer, providedBy
 
-from ._addresses import format_address
 from ._aggregate import WriteCoalescing
 from ._engine import Event, TLSEngine
-from ._errors import TLSCallbackError, TLSConnectionError, TLSTruncationError
+from ._errors import TLSConnectionError, TLSTruncationError
 from ._factory_view import FactoryView
+from ._failures import FailureReports
 from ._producers import ProducerProxy
 from ._reclaim import BURST_SIZE
 from ._sniff import FirstBytes
@@ -78,9 +74,6 @@ from ._state import CAN_SEND, TLSState
 from ._timers import ConnectionTimers
 
 __all__ = ["MemoryBIOTLSProtocol"]
-
-#: One namespace for the lines about connections, whichever piece logs them.
-_log = Logger(namespace="membio_transport.tls")
 
 _HANDSHAKING = TLSState.HANDSHAKING
 _NEED_DATA = Event.NEED_DATA
@@ -99,7 +92,9 @@ def _session_reused(connection: SSL.Connection) -> bool:
     ISSLTransport, INegotiated, ITransport, ISystemHandle, IConsumer, IPushProducer,
     IHalfCloseableProtocol,
 )
-class MemoryBIOTLSProtocol(WriteCoalescing, ConnectionTimers, FirstBytes, ProtocolWrapper):
+class MemoryBIOTLSProtocol(
+    WriteCoalescing, ConnectionTimers, FirstBytes, FailureReports, ProtocolWrapper
+):
     """
     A TLS transport over any transport, driving a `TLSEngine`.
 
@@ -114,11 +109,7 @@ class MemoryBIOTLSProtocol(WriteCoalescing, ConnectionTimers, FirstBytes, Protoc
     transport: Any
     wrappedProtocol: Any
     _engine: TLSEngine
-    _reason: Failure | None = None
     _producer: ProducerProxy | None = None
-    #: We abandoned the session (abort, or a close before the handshake
-    #: completed): however the transport ends, it was not a clean TLS end.
-    _abandoned = False
     #: The application half-closed during the handshake (see
     #: `loseWriteConnection`): done once the handshake completes.
     _half_close_pending = False
@@ -279,63 +270,6 @@ class MemoryBIOTLSProtocol(WriteCoalescing, ConnectionTimers, FirstBytes, Protoc
         self._flush()
         self._close_transport()
 
-    def _tls_failed(self, error: TLSConnectionError) -> None:
-        if isinstance(error, TLSCallbackError):
-            self._callback_failed(error)
-            return
-        if error.during_handshake:
-            # A peer that connects and leaves without a byte is a port scan
-            # or a health check: counted, but not worth a log line each.
-            quiet = isinstance(error, TLSTruncationError) and self._preamble == b""
-            self._handshake_failed(error, error.reason, log=not quiet)
-        elif self._reason is None:
-            self._reason = Failure(error)
-        self.disconnecting = True
-        self._drop_batch()
-        self._flush()
-        self._close_transport()
-
-    def _callback_failed(self, error: TLSCallbackError) -> None:
-        """
-        A callback OpenSSL ran for us raised (see `_callbacks`): a bug in
-        the application's code, so it is logged whatever the policy, once,
-        with its own type and traceback.  The connection then ends as with
-        Twisted's layer when an exception escapes the handshake: at once,
-        with no alert, and ConnectionLost on both sides.
-        """
-        self._cancel_handshake_timer()
-        original = error.error
-        self.factory.stats.failed[f"{type(original).__name__} in a TLS callback"] += 1
-        _log.failure(
-            "TLS handshake failed from {peer}: {reason}",
-            failure=Failure(original, type(original), original.__traceback__),
-            peer=self._peer_text(),
-            reason=error.reason,
-            event_name="tls_handshake_failed",
-        )
-        if self._reason is None:
-            self._reason = Failure(ConnectionLost(error.reason))
-        # Drop the alert OpenSSL may have queued: as with Twisted's layer,
-        # nothing more leaves after an exception in the handshake.
-        self._engine.data_to_send()
-        self.abortConnection()
-
-    def _handshake_failed(
-        self, error: TLSConnectionError, reason: str, *, log: bool = True
-    ) -> None:
-        """Count, log (one line, if the policy says so) and remember a failed handshake."""
-        self._cancel_handshake_timer()
-        self.factory.stats.failed[error.reason] += 1
-        if log and self.factory.log_handshake_failures:
-            _log.info(
-                "TLS handshake failed from {peer}: {reason}",
-                peer=self._peer_text(),
-                reason=reason,
-                event_name="tls_handshake_failed",
-            )
-        if self._reason is None:
-            self._reason = Failure(error)
-
     # -- outgoing ------------------------------------------------------------
 
     def _relieve_backpressure(self) -> None:
@@ -477,27 +411,6 @@ class MemoryBIOTLSProtocol(WriteCoalescing, ConnectionTimers, FirstBytes, Protoc
         if self.wrappedProtocol is not None:
             ProtocolWrapper.connectionLost(self, final)
 
-    def _for_application(self, reason: Failure | None) -> Failure | None:
-        """
-        What the application's ``connectionLost`` gets for C{reason}: what
-        Twisted's layer would give it.
-        """
-        value = reason.value if reason is not None else None
-        if isinstance(value, TLSTruncationError):
-            return Failure(ConnectionLost(value.reason))
-        if isinstance(value, TLSConnectionError):
-            original = value.__cause__
-            if isinstance(original, SSL.Error):
-                return Failure(original, type(original), original.__traceback__)
-            # Ours alone (a handshake timeout, plain HTTP): no pyOpenSSL
-            # exception to stand for it.
-            return reason
-        if self._abandoned and (reason is None or isinstance(value, ConnectionDone)):
-            # A transport closed under a session we abandoned ends cleanly as
-            # far as TCP knows, but TLS never finished.
-            return Failure(ConnectionLost("TLS connection abandoned before its close_notify"))
-        return reason
-
     # -- producers and consumers ---------------------------------------------
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
@@ -575,12 +488,7 @@ class MemoryBIOTLSProtocol(WriteCoalescing, ConnectionTimers, FirstBytes, Protoc
             return None
         return engine.connection.get_alpn_proto_negotiated() or None
 
-    def _peer_text(self) -> str:
-        try:
-            peer = self.transport.getPeer()
-        except Exception:
-            return "unknown peer"
-        return format_address(peer)
+
 
 
 _CLOSABLE = frozenset({TLSState.OPEN, TLSState.PEER_CLOSED})
