@@ -12,7 +12,7 @@ Layout under the state directory (by default ``$XDG_STATE_HOME/membio-transport/
 The hashes keep staging and production apart (a staging certificate must never be served
 for a production configuration) and two configurations for different name sets apart; the
 readable prefixes are for the operator.  Directories are 0700 and keys 0600 and every
-file is replaced atomically, through the certificate code's helpers (``_certs``).
+file is replaced atomically, through the certificate layer's helpers (``membio_transport.certs``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every certificate and key problem reaches the user as a single actionable line
 (``CertificateError``), whether it comes from the generated state directory
-(``_certstore``), the user's own ``--cert``/``--key`` files (``_usercerts``) or a host name
+(``_store``), the user's own ``--cert``/``--key`` files (``_usercerts``) or a host name
 (``_hostnames``).  The helpers here word the failures those modules share: an ``OSError``
 as text, and a private key file that other users can read or write.
 """

@@ -1,7 +1,7 @@
 """What a certificate lookup hands back: ``ServerCertificate``.
 
 Both ways of getting a certificate, generating one in the state directory
-(``_certstore.ensure_certificate``) and loading the user's own files
+(``_store.ensure_certificate``) and loading the user's own files
 (``_usercerts.load_certificate``), describe their result with this one class, so the
 plugins log it and print trust instructions without caring where it came from.
 """

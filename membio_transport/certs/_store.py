@@ -1,6 +1,6 @@
 """The state directory of generated certificates, and when to reuse or renew them.
 
-``ensure_certificate`` keeps the zero-config certificates (see ``_certs`` for the two
+``ensure_certificate`` keeps the zero-config certificates (see the ``certs`` face for the two
 modes) in a private directory across restarts.  The local root's private key can sign
 certificates for any name, so the directory is kept at mode 0700, key files at 0600, files
 that others planted are refused, writes are atomic and two servers starting at once are
@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 Mode: TypeAlias = Literal["self-signed", "local-ca"]
-# See the _certs module docstring: trust once, rotate leaves freely, accepted by every browser.
+# See the certs face's docstring: trust once, rotate leaves freely, accepted by every browser.
 DEFAULT_MODE: Final[Mode] = "local-ca"
 
 # Each renewal of a self-signed certificate needs a new trust step, so make them rare.

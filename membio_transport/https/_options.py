@@ -34,7 +34,7 @@ from ..serving import (
     tcp_endpoint,
 )
 from ..tls import format_host_port
-from ..workers import LISTEN_BACKLOG, WORKER_OPTIONS
+from ..workers import LISTEN_BACKLOG, WORKER_OPTIONS, parse_worker_options
 from ._info_page import TLSInfoPage
 from ._web import check_http_alpn, default_alpn, hsts_arguments, hsts_max_age
 
@@ -129,13 +129,12 @@ class Options(TLSOptions):
         return hsts_arguments(given)
 
     def postOptions(self) -> None:
-        from ._workers import check_https_options
-
+        """Check everything, then build the server's TLS and listeners (or one line, exit 1)."""
         settings = self.tls_settings(defaults={"alpn": tuple(default_alpn())})
         check_http_alpn(settings.alpn)
         self["settings"] = settings
         self["hsts_max_age"] = hsts_max_age(self["hsts"])
-        check_https_options(self)
+        parse_worker_options(self)
         self["interface"] = parse_interface(self["interface"])
         explicit_port = self["port"] is not None
         self["port"] = parse_port("--port", self["port"]) if explicit_port else DEFAULT_PORT

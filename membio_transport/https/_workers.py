@@ -24,11 +24,10 @@ from ..workers import (
     WorkerPool,
     close_shared,
     open_shared_sockets,
-    parse_worker_options,
 )
 from ._redirect import RedirectToHTTPS, redirect_host
 
-__all__ = ["check_https_options", "close_idle_http", "https_service"]
+__all__ = ["close_idle_http", "https_service"]
 
 _log = Logger(namespace="membio_transport.workers")
 
@@ -147,11 +146,6 @@ def _https_port(sockets: Sequence[socket.socket]) -> int:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             return int(sock.getsockname()[1])
     return DEFAULT_PORT
-
-
-def check_https_options(options: Any) -> None:
-    """``membio-https``: parse --workers/--grace (what can be shared is checked later)."""
-    parse_worker_options(options)
 
 
 def _browse_host(host: str) -> str:

@@ -283,7 +283,7 @@ def server_context(
     @param cert_file: PEM, leaf first, then intermediates.
     @param key: a PEM private key file, or a key already loaded with
         ``cryptography`` (how an encrypted key gets here: decrypt it first,
-        e.g. with ``_certs.read_private_key``).
+        e.g. with ``membio_transport.certs.read_private_key``).
     @param alpn: protocols to offer, in server preference order.
     @param client_auth: ask for (and maybe require and verify) client
         certificates.
