@@ -30,6 +30,7 @@ from twisted.protocols.policies import WrappingFactory
 from zope.interface import classImplements, directlyProvides
 from zope.interface.declarations import Declaration
 
+from ._aggregate import TurnFlush
 from ._policy import TWISTED, FactoryPolicy, PlainHTTPPolicy
 from ._protocol import MemoryBIOTLSProtocol
 from ._reclaim import BufferReclaimer
@@ -233,6 +234,7 @@ class MemoryBIOTLSFactory(WrappingFactory):
         )
         self.stats = stats if stats is not None else TLSStats()
         self._reclaimer: BufferReclaimer | None = None
+        self._turn_flush: TurnFlush | None = None
 
     @property
     def clock(self) -> IReactorTime:
@@ -265,6 +267,17 @@ class MemoryBIOTLSFactory(WrappingFactory):
         """C{protocol} moved a burst: release its buffers once it is quiet."""
         if self.schedules_timers:
             self.reclaimer.burst(protocol)
+
+    def flush_next_turn(self, protocol: MemoryBIOTLSProtocol) -> None:
+        """C{protocol} wrote outside a callback: flush it at the next reactor turn."""
+        if self._turn_flush is None:
+            self._turn_flush = TurnFlush(self.clock)
+        self._turn_flush.add(protocol)
+
+    def no_flush_next_turn(self, protocol: MemoryBIOTLSProtocol) -> None:
+        """C{protocol} is gone before that flush."""
+        if self._turn_flush is not None:
+            self._turn_flush.discard(protocol)
 
     def forget(self, protocol: MemoryBIOTLSProtocol) -> None:
         """C{protocol} is gone."""
