@@ -35,6 +35,7 @@ from ._policy import TWISTED, FactoryPolicy, PlainHTTPPolicy
 from ._protocol import MemoryBIOTLSProtocol
 from ._reclaim import BufferReclaimer
 from ._stats import TLSStats
+from ._timers import Deadline, HandshakeDeadlines
 
 if TYPE_CHECKING:
     ConnectionFor = Callable[[MemoryBIOTLSProtocol], SSL.Connection]
@@ -235,6 +236,7 @@ class MemoryBIOTLSFactory(WrappingFactory):
         self.stats = stats if stats is not None else TLSStats()
         self._reclaimer: BufferReclaimer | None = None
         self._turn_flush: TurnFlush | None = None
+        self._deadlines: HandshakeDeadlines | None = None
 
     @property
     def clock(self) -> IReactorTime:
@@ -267,6 +269,12 @@ class MemoryBIOTLSFactory(WrappingFactory):
         """C{protocol} moved a burst: release its buffers once it is quiet."""
         if self.schedules_timers:
             self.reclaimer.burst(protocol)
+
+    def handshake_deadline(self, protocol: MemoryBIOTLSProtocol, timeout: float) -> Deadline:
+        """Abort C{protocol}'s handshake after C{timeout} seconds; cancel() the result."""
+        if self._deadlines is None:
+            self._deadlines = HandshakeDeadlines(self.clock)
+        return self._deadlines.add(protocol, timeout)
 
     def flush_next_turn(self, protocol: MemoryBIOTLSProtocol) -> None:
         """C{protocol} wrote outside a callback: flush it at the next reactor turn."""
