@@ -68,8 +68,16 @@ class Window:
         return self.profile.total / self.units
 
 
+#: --baseline DIR: a column for ours from DIR/membio_transport (the same run, before/after).
+BASELINE: list[stacks.Stack] = []
+
+
+def _all_stacks() -> list[stacks.Stack]:
+    return [*stacks.STACKS, *stacks.VARIANTS, *BASELINE]
+
+
 def _kinds() -> dict[str, ServerKind]:
-    return {k.name: k for k in stacks.server_kinds(stacks.STACKS)}
+    return {k.name: k for k in stacks.server_kinds(_all_stacks())}
 
 
 class Callgrind:
@@ -312,7 +320,7 @@ def report(windows: Sequence[Window], top: int = 12) -> str:
     lines.append(stacks._markdown(header, body))
 
     lines += ["", "TLS instructions above the plain-TCP twin, per unit:"]
-    tls_stacks = [s for s in stacks.STACKS if s.tls.name in servers and s.plain.name in servers]
+    tls_stacks = [s for s in _all_stacks() if s.tls.name in servers and s.plain.name in servers]
     body = []
     for what in whats:
         cells = [what]
@@ -369,6 +377,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="measure DIR/membio_transport as ours (a prototype) instead of the checkout's",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also measure DIR/membio_transport as server ours-before (add it to --servers)",
+    )
     parser.add_argument("--no-resumed", action="store_true", help="skip resumed handshakes")
     parser.add_argument(
         "--server-env",
@@ -389,6 +403,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     requests = args.requests or (200 if args.quick else 1000)
     handshakes = args.handshakes or (48 if args.quick else 160)
     names = [n for n in args.servers.split(",") if n]
+    if args.baseline is not None:
+        BASELINE.append(stacks.baseline_stack(args.baseline.resolve()))
+        if "ours-before" not in names:
+            names.append("ours-before")
     CONCURRENCY[0] = args.concurrency
     windows = run(
         names,
