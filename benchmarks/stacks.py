@@ -217,7 +217,8 @@ def baseline_stack(package: Path) -> Stack:
     """Ours from another copy of the package (PACKAGE/membio_transport), OpenSSL's defaults."""
 
     def env(files: Files) -> dict[str, str]:
-        return {"PYTHONPATH": os.pathsep.join((str(package), str(files.source)))}
+        rest = (str(files.source), os.environ.get("PYTHONPATH", ""))
+        return {"PYTHONPATH": os.pathsep.join(p for p in (str(package), *rest) if p)}
 
     kind = replace(
         OURS_TLS, name="ours-before", label=f"twistd web --listen membio: from {package}", env=env

@@ -274,7 +274,11 @@ class DirectRecordIO:
         if pending <= 0:
             return b""
         data: bytes = _as_buffer(where[0], pending)[:]
-        _BIO_read(outgoing, _scratch(pending), pending)
+        scratch = _scratch
+        # The buffer as it is when it is large enough: no Python call.
+        _BIO_read(
+            outgoing, scratch.buffer if pending <= scratch.size else scratch(pending), pending
+        )
         return data
 
     def release_buffers(self) -> bool:
