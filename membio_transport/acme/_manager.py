@@ -234,6 +234,10 @@ class AcmeManager(Service):
     def _order(self, reason: str) -> CheckResult:
         config = self.config
         started = self._clock.seconds()
+        self._say(
+            f"ACME: ordering a certificate for {', '.join(config.names)} from "
+            f"{config.directory_url} ({reason}); answering {', '.join(config.challenges)}"
+        )
         session = self._session_now()
         if session.use_account(self.store, config.email, config.agree_tos) == "registered":
             self.counters.accounts_registered += 1
@@ -277,14 +281,17 @@ class AcmeManager(Service):
         return self._session
 
     def _waiting(self, holder: str) -> None:
-        line = (
+        self._say(
             f"ACME: {holder} is ordering a certificate in {self.store.root}; waiting for it "
             "to finish"
         )
+
+    def _say(self, line: str) -> None:
+        """Log one line from the ACME thread (through the reactor) or the reactor's."""
         if self._threaded:
-            self._reactor.callFromThread(_log.info, line)
+            self._reactor.callFromThread(_log.info, "{line}", line=line)
         else:
-            _log.info(line)
+            _log.info("{line}", line=line)
 
     # -- results -------------------------------------------------------------------
 
