@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.server import Site
 
 from ..serving import DEFAULT_PORT, TLSServing
@@ -39,6 +40,9 @@ def close_idle_http(protocol: Any) -> bool:
     lost), and say whether it was.
     """
     channel = getattr(protocol, "wrappedProtocol", protocol)
+    # Behind the ACME challenge gate (--acme), the application is one wrapper further.
+    while isinstance(channel, ProtocolWrapper) and channel.wrappedProtocol is not None:
+        channel = channel.wrappedProtocol
     # twisted.web wraps HTTP/1.1 and HTTP/2 channels in a proxy that picks
     # one after ALPN; the chosen channel is its _channel.
     channel = getattr(channel, "_channel", channel)
@@ -91,7 +95,8 @@ def https_service(options: Any, make_site: Callable[[], Site]) -> WorkerPool:
         if redirect:
             answer = RedirectToHTTPS(redirect_host(options["interface"]))
             answer.https_port = _https_port(sockets)
-            listening.append(shared[-1].endpoint(reactor, sockets[-1]).listen(Site(answer)))
+            root = serving.http_resource(answer)  # ACME http-01 answers first, if enabled
+            listening.append(shared[-1].endpoint(reactor, sockets[-1]).listen(Site(root)))
         return listening
 
     def announce(sockets: Sequence[socket.socket]) -> None:
@@ -109,7 +114,7 @@ def https_service(options: Any, make_site: Callable[[], Site]) -> WorkerPool:
                 urls.append(f"https://{_browse_host(address[0])}:{address[1]}/")
         if redirect:
             lines.append(f"plain HTTP on {_where(sockets[-1], shared[-1])} redirects to HTTPS")
-        if serving.settings.own_certificate:
+        if serving.own_certificate:
             lines += [f"using your certificate: {line.strip()}" for line in certificate.summary()]
         else:
             lines += certificate.trust_instructions(urls[0] if urls else "https://localhost/")

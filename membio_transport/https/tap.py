@@ -45,7 +45,7 @@ def makeService(options: Options) -> Service:
     serving: TLSServing = options["serving"]
     certificate: ServerCertificate = serving.certificate
     settings = serving.settings
-    generated_in = None if settings.own_certificate else certificate.cert_path.parent
+    generated_in = None if serving.own_certificate else certificate.cert_path.parent
     redirect_listener: Listener | None = options["redirect_listener"]
     interface = options["interface"]
     plan = Plan(
@@ -67,7 +67,7 @@ def makeService(options: Options) -> Service:
     redirect = (
         None if redirect_listener is None else RedirectToHTTPS(redirect_host(interface))
     )
-    return HTTPSService(plan, site_of(options), redirect)
+    return HTTPSService(plan, site_of(options), redirect, http_root=serving.http_resource)
 
 
 def notes_of(options: Options) -> list[str]:

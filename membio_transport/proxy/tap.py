@@ -214,7 +214,7 @@ def _summary(options: Options) -> list[str]:
         + (f" with a PROXY protocol {proxy} header" if proxy else ""),
         f"TLS profile {serving.settings.profile}, ALPN {alpn}",
     ]
-    if serving.settings.own_certificate:
+    if serving.own_certificate:
         lines += [f"using your certificate: {line.strip()}" for line in certificate.summary()]
     else:
         lines += [

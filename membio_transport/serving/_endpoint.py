@@ -181,7 +181,7 @@ def parse_server(reactor: Any, *args: str, **kwargs: str) -> TLSServerEndpoint:
         serving = TLSServing(
             settings, names=names_for_interface(interface), clock=reactor, log_system="membio"
         )
-    except CertificateError as error:
+    except (CertificateError, SettingError) as error:
         raise ValueError(f"membio: {error}") from None
     return serving.wrap(wrapped, clock=reactor, announce=True)
 

@@ -11,7 +11,11 @@ It builds, once per server (however many listeners it has):
 * the factory policy: the hardened defaults of ``tls.HARDENED`` with this
   server's handshake and idle timeouts, plain-HTTP answer and one `TLSStats`
   for all its listeners;
-* the connection limit, below TLS.
+* the connection limit, below TLS;
+* with ``acme`` set, public certificates (`_acme.AcmeServing`): the
+  preflight, the stored certificate as the default, the tls-alpn-01
+  responder on every context, the gate in front of every application, and
+  the ACME manager running with the lifecycle.
 
 `wrap` puts all that around a plain server endpoint.  The lifecycle (file
 polling, SIGHUP, renewal, the limit's burst report) runs while at least one
@@ -25,9 +29,10 @@ ours.  A ``--workers`` parent, which listens in no endpoint, runs
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IStreamServerEndpoint
 
 from ..certs import ServerCertificate, check_key_passwords, read_key_password
@@ -43,6 +48,11 @@ from ._source import (
 )
 from ._tlsendpoint import TLSServerEndpoint
 
+if TYPE_CHECKING:
+    from twisted.web.resource import IResource
+
+    from ._acme import AcmeServing
+
 __all__ = ["TLSServing"]
 
 
@@ -56,7 +66,12 @@ class TLSServing:
     @param clock: the reactor, or a test clock; None: the global reactor,
         looked up when needed (a forked worker gets its own).
     @param log_system: what this server's log lines are tagged with.
+    @param http01: the server has a plain-HTTP listener that can answer
+        ACME http-01 challenges (``membio-https --redirect-http``).
+    @param acme_preflight: with ``acme``, look at the CA's directory now
+        (off only in tests of the wiring).
     @raise CertificateError: a certificate, key or client CA cannot be used.
+    @raise SettingError: an ACME setting cannot work (the preflight's refusals).
     """
 
     def __init__(
@@ -66,10 +81,20 @@ class TLSServing:
         names: Sequence[str] = (),
         clock: Any = None,
         log_system: str = "membio",
+        http01: bool = False,
+        acme_preflight: bool = True,
     ) -> None:
         self.settings = settings
         self._clock = clock
         self._users = 0
+        self.acme: AcmeServing | None = None
+        if settings.acme is not None:
+            from ._acme import AcmeServing
+
+            self.acme = AcmeServing(
+                settings, http01=http01, reactor=clock, log_system=log_system,
+                preflight=acme_preflight,
+            )  # fmt: skip
         files = [
             CertificateFiles(cert, key)
             for cert, key in zip(settings.cert, settings.key, strict=True)
@@ -89,6 +114,9 @@ class TLSServing:
                 settings.cert_dir, tuple(dict.fromkeys([*names, *settings.hostname]))
             )
         )
+        stored = self.acme.stored() if self.acme is not None else None
+        if self.acme is not None and stored is not None:
+            default = self.acme.default_certificate()  # restarts place no order
         self.source = CertificateSource(
             default,
             extra=files[1:],
@@ -101,6 +129,8 @@ class TLSServing:
             clock=clock,
             log_system=log_system,
         )
+        if self.acme is not None:
+            self.acme.attach(self.source, settings.alpn)
         self.limit = (
             None
             if settings.max_connections is None
@@ -126,6 +156,17 @@ class TLSServing:
     @property
     def client_auth(self) -> ClientAuth | None:
         return self.source.client_auth
+
+    @property
+    def own_certificate(self) -> bool:
+        """The default certificate is not the generated one: the user's files, or the CA's."""
+        if self.settings.own_certificate:
+            return True
+        return not isinstance(self.source.default, GeneratedCertificate)
+
+    def http_resource(self, fallback: IResource) -> IResource:
+        """The root of a plain-HTTP listener: ACME http-01 answers first, if enabled."""
+        return fallback if self.acme is None else self.acme.http_resource(fallback)
 
     def factory_options(self) -> dict[str, Any]:
         """Keyword arguments for every `MemoryBIOTLSFactory` of this server."""
@@ -170,6 +211,7 @@ class TLSServing:
             announce=announce,
             factory_options=self.factory_options(),
             serving=self if lifecycle else None,
+            gate=None if self.acme is None else self.acme.gate,
         )
 
     # -- the lifecycle, counted over the listening ports -------------------------------
@@ -179,16 +221,24 @@ class TLSServing:
         self._users += 1
         if self._users == 1:
             self.source.startService()
+            if self.acme is not None:
+                self.acme.start()
 
-    def release(self) -> None:
-        """A port stopped listening: the last one stops the lifecycle."""
+    def release(self) -> Deferred[None] | None:
+        """
+        A port stopped listening: the last one stops the lifecycle; the
+        result fires once the ACME manager's thread has stopped, if any.
+        """
         if self._users == 0:
-            return
+            return None
         self._users -= 1
         if self._users == 0:
             self.source.stopService()
             if self.limit is not None:
                 self.limit.stop()
+            if self.acme is not None:
+                return self.acme.stop()
+        return None
 
     def service(self) -> Service:
         """The lifecycle as a twistd service, for a process that listens in no endpoint."""
@@ -241,6 +291,6 @@ class _ServingService(Service):
         super().startService()  # type: ignore[no-untyped-call]  # untyped in Twisted
         self.serving.acquire()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()  # type: ignore[no-untyped-call]  # untyped in Twisted
-        self.serving.release()
+        return self.serving.release()

@@ -25,6 +25,13 @@ from typing import Any, Final, Literal
 
 from ..certs import default_cert_dir
 from ..tls import HARDENED_HANDSHAKE_TIMEOUT, PlainHTTPPolicy, Profile
+from ._acme_settings import (
+    check_acme,
+    parse_acme,
+    parse_challenges,
+    parse_email,
+    parse_existing_file,
+)
 from ._values import (
     SettingError,
     parse_alpn,
@@ -69,7 +76,7 @@ DEFAULT_BACKLOG: Final = 511
 
 #: Words written in capitals inside an endpoint key, as Twisted's own keys
 #: do (``caFile``, ``sslmethod``... and ``clientCA``, ``plainHTTP`` here).
-_ACRONYMS: Final = frozenset({"alpn", "ca", "dns", "http", "ip", "sni", "tls", "url"})
+_ACRONYMS: Final = frozenset({"alpn", "ca", "dns", "http", "ip", "sni", "tls", "tos", "url"})
 
 
 def flag_of(name: str) -> str:
@@ -160,9 +167,42 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(
         "hostname",
         "Extra DNS name or IP address for the generated certificate (repeatable, or "
-        "comma-separated).",
+        "comma-separated); with acme, the public DNS names to get the certificate for.",
         "localhost, 127.0.0.1, ::1, this machine's name, a specific interface", parse_names,
         repeats=True,
+    ),
+    # -- public certificates (ACME, issue #12): _acme_settings, _acme ---------------
+    Setting(
+        "acme",
+        "Get the certificate for the hostname names from an ACME CA, serve it and renew it "
+        "while running: letsencrypt, letsencrypt-staging, or the CA's directory URL "
+        "(https://...). State in the cert_dir's acme/ folder.",
+        "off: no public certificate", parse_acme,
+    ),
+    Setting(
+        "acme_email",
+        "Contact address the ACME CA may write to about the account and expiring "
+        "certificates.",
+        "none", parse_email,
+    ),
+    Setting(
+        "acme_agree_tos",
+        "Agree to the ACME CA's terms of service (required before the first order; the "
+        "refusal without it names the terms' URL).",
+        "off", parse_switch, switch=True,
+    ),
+    Setting(
+        "acme_challenges",
+        "ACME challenge types to answer, comma-separated, in preference order: tls-alpn-01 "
+        "(on this TLS port, 443 for a public CA), http-01 (on port 80: membio-https "
+        "--redirect-http only).",
+        "tls-alpn-01", parse_challenges,
+    ),
+    Setting(
+        "acme_directory_ca",
+        "PEM file of CA certificates to trust for the ACME directory's own HTTPS (a private "
+        "or test CA such as step-ca or pebble).",
+        "the system's trust store", parse_existing_file,
     ),
     Setting(
         "sni_dir",
@@ -263,6 +303,11 @@ class TLSSettings:
     key_password_file: Path | None = None
     cert_dir: Path | None = None
     hostname: tuple[str, ...] = ()
+    acme: str | None = None
+    acme_email: str | None = None
+    acme_agree_tos: bool = False
+    acme_challenges: tuple[str, ...] = ()
+    acme_directory_ca: Path | None = None
     sni_dir: Path | None = None
     profile: Profile = "intermediate"
     alpn: tuple[bytes, ...] = ()
@@ -294,6 +339,7 @@ class TLSSettings:
                 f"{spell('key').rstrip('=')} needs {spell('cert').rstrip('=')} (the certificate "
                 "for that key)"
             )
+        check_acme(self)
         if self.cert:
             for name in ("cert_dir", "hostname"):
                 if getattr(self, name):
