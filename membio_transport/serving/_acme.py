@@ -123,7 +123,7 @@ class AcmeServing:
         if preflight:
             self._preflight(acme, spell)
         self.manager: AcmeManager = acme.AcmeManager(
-            self.config, self._deliver, reactor=reactor
+            self.config, self._deliver, reactor=reactor, log_system=log_system
         )
         self.responder = acme.TLSALPNResponder(self.manager.board)
 

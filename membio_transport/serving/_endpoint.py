@@ -35,7 +35,13 @@ comma-separated for more certificates chosen by SNI), ``keyPasswordFile``,
 ``certDir``, ``hostname`` (comma-separated), ``sniDir``, ``profile``,
 ``alpn``, ``clientCA``, ``clientCert``, ``requestClientCert=yes``,
 ``handshakeTimeout``, ``idleTimeout``, ``maxConnections``,
-``reloadInterval``, ``backlog`` and ``plainHTTP``.  The certificates are
+``reloadInterval``, ``backlog`` and ``plainHTTP``; and a public
+certificate from an ACME CA with ``acme`` (``letsencrypt`` or a directory
+URL, quoted), ``acmeEmail``, ``acmeAgreeTOS=yes``, ``acmeChallenges``,
+``acmeDirectoryCA`` and ``hostname``::
+
+    twistd words --irc-port 'membio:6697:acme=letsencrypt:acmeAgreeTOS=yes:hostname=irc.example.org'
+  The certificates are
 reloaded when their files change and on SIGHUP, and a generated one is
 renewed while the program runs, from the moment the endpoint listens until
 it stops listening.
