@@ -197,6 +197,11 @@ def test_membio_https_gets_serves_and_reuses_a_public_certificate(
         _, served = https_get(pebble.tls_port, name, root)
         assert served == fingerprint
         server.wait_for_log(rf"ACME: using the stored certificate for {re.escape(name)}")
+        assert re.search(
+            r"using the ACME certificate: TLS certificate .*/state/acme/certificates/"
+            rf"{re.escape(name)}-[0-9a-f]{{12}}/fullchain\.pem for {re.escape(name)}$",
+            server.stdout, re.MULTILINE,
+        ), server.stdout
         assert "no certificate stored yet" not in server.stdout
         assert "ACME: ordering" not in server.stdout
     assert pebble.orders() == orders + 1

@@ -403,3 +403,13 @@ def test_a_forked_worker_forgets_answers_the_parent_withdraws() -> None:
         os._exit(0 if board.http01_answer("tok") is None else 3)
     assert _wait_for_exit(pid) == 0
     assert board.http01_answer("tok") == KEY_AUTH.encode()  # the parent keeps its own
+
+
+def test_the_readme_s_acme_table_names_every_acme_setting() -> None:
+    from membio_transport.serving import SETTINGS
+
+    from ._readme import table
+
+    documented = {row["setting"].strip("`") for row in table("Public certificates (ACME)")}
+    acme_rows = {row.name for row in SETTINGS if row.name.startswith("acme")}
+    assert acme_rows <= documented and "hostname" in documented

@@ -29,6 +29,7 @@ PROMISES = {
     "Secure defaults": "tested by",
     "Where it deliberately differs from Twisted's TLS layer": "tested by",
     "Limits, policies and counters": "tested by",
+    "Public certificates (ACME)": "tested by",
 }
 
 

@@ -115,7 +115,8 @@ def https_service(options: Any, make_site: Callable[[], Site]) -> WorkerPool:
         if redirect:
             lines.append(f"plain HTTP on {_where(sockets[-1], shared[-1])} redirects to HTTPS")
         if serving.own_certificate:
-            lines += [f"using your certificate: {line.strip()}" for line in certificate.summary()]
+            label = serving.certificate_label
+            lines += [f"using {label}: {line.strip()}" for line in certificate.summary()]
         else:
             lines += certificate.trust_instructions(urls[0] if urls else "https://localhost/")
         lines += [f"ready: open {url}" for url in urls] or ["ready (no TCP listener)"]

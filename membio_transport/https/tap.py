@@ -63,6 +63,7 @@ def makeService(options: Options) -> Service:
         daemon=daemon,
         alpn=list(settings.alpn),
         notes=notes_of(options),
+        own_label=serving.certificate_label,
     )
     redirect = (
         None if redirect_listener is None else RedirectToHTTPS(redirect_host(interface))

@@ -215,7 +215,8 @@ def _summary(options: Options) -> list[str]:
         f"TLS profile {serving.settings.profile}, ALPN {alpn}",
     ]
     if serving.own_certificate:
-        lines += [f"using your certificate: {line.strip()}" for line in certificate.summary()]
+        label = serving.certificate_label
+        lines += [f"using {label}: {line.strip()}" for line in certificate.summary()]
     else:
         lines += [
             *certificate.summary(),

@@ -164,6 +164,13 @@ class TLSServing:
             return True
         return not isinstance(self.source.default, GeneratedCertificate)
 
+    @property
+    def certificate_label(self) -> str:
+        """What start-up logs call a certificate that is not the generated one."""
+        if self.acme is not None and self.own_certificate:
+            return "the ACME certificate"
+        return "your certificate"
+
     def http_resource(self, fallback: IResource) -> IResource:
         """The root of a plain-HTTP listener: ACME http-01 answers first, if enabled."""
         return fallback if self.acme is None else self.acme.http_resource(fallback)
