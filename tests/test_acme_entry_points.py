@@ -235,13 +235,14 @@ def test_membio_https_renews_in_the_running_process(
         ), server.stdout
 
 
-def test_membio_https_workers_order_once_and_answer_http_01_in_any_worker(
-    pebble: PebbleCA, tmp_path: Path
+@pytest.mark.parametrize("challenge", ["http-01", "tls-alpn-01"])
+def test_membio_https_workers_order_once_and_answer_in_any_worker(
+    pebble: PebbleCA, tmp_path: Path, challenge: str
 ) -> None:
     name = unique_name("workers")
     env = subprocess_env(tmp_path / "home")
     options = acme_options(
-        pebble, name, tmp_path / "state", "--acme-challenges", "http-01",
+        pebble, name, tmp_path / "state", "--acme-challenges", challenge,
         "--redirect-http", str(pebble.http_port), "--workers", "2",
     )  # fmt: skip
     orders = pebble.orders()
@@ -257,9 +258,13 @@ def test_membio_https_workers_order_once_and_answer_http_01_in_any_worker(
         log = server.stdout
     assert pebble.orders() == orders + 1
     assert log.count("ACME: ordering a certificate") == 1
-    # A worker answered the CA: only workers serve --redirect-http (the parent binds
-    # the socket and serves nothing).
-    assert "ACME: answered the http-01 challenge" in log, log
+    # A worker answered the CA from the challenge files the parent wrote: only workers
+    # serve (the parent binds the sockets and serves nothing).
+    answered = {
+        "http-01": "ACME: answered the http-01 challenge",
+        "tls-alpn-01": f"ACME: served the tls-alpn-01 challenge certificate for {name}",
+    }
+    assert answered[challenge] in log, log
     assert "Traceback" not in log + server.stderr
 
 

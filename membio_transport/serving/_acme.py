@@ -9,7 +9,8 @@ The dependency goes one way: the serving layer uses the ACME layer's face
 does with it:
 
 * **at start-up** (`AcmeServing.__init__`, before anything listens): the
-  preflight.  The CA's directory is fetched once, with a short timeout: a URL
+  preflight, unless a valid certificate from this CA is stored already.  The
+  CA's directory is fetched once, with a short timeout: a URL
   that answers but is not an ACME directory, or terms of service nobody agreed
   to, end start-up with one line (only a new command line can fix them); a CA
   that cannot be reached does not (a network hiccup or a CA outage at boot must
@@ -120,12 +121,14 @@ class AcmeServing:
         self.source: CertificateSource | None = None
         #: Set when the preflight could not reach the CA: said once at start.
         self.unreachable: str | None = None
-        if preflight:
-            self._preflight(acme, spell)
         self.manager: AcmeManager = acme.AcmeManager(
             self.config, self._deliver, reactor=reactor, log_system=log_system
         )
         self.responder = acme.TLSALPNResponder(self.manager.board)
+        # With the terms agreed and a valid certificate stored, this CA has issued to us
+        # before: a restart then depends on no network at all.
+        if preflight and not (self.config.agree_tos and self.stored() is not None):
+            self._preflight(acme, spell)
 
     # -- start-up -------------------------------------------------------------------
 
