@@ -42,7 +42,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from ..certs import CertificateError, ServerCertificate, default_cert_dir
-from ._acme_settings import ACME_EXTRA
+from ._acme_settings import acme_layer
 from ._values import SettingError, said
 
 if TYPE_CHECKING:
@@ -60,16 +60,6 @@ _log = Logger(namespace="membio_transport.acme")
 #: not answered by then is treated as unreachable (the server starts anyway
 #: and the manager retries), so start-up never hangs on the network.
 PREFLIGHT_TIMEOUT: Final = 10.0
-
-
-def _acme() -> Any:
-    try:
-        from .. import acme
-    except ImportError as error:  # checked when parsing already; a defensive second look
-        raise SettingError(
-            f"public certificates need the ACME libraries ({error.name}): {ACME_EXTRA}"
-        ) from None
-    return acme
 
 
 class AcmeServing:
@@ -93,7 +83,7 @@ class AcmeServing:
         log_system: str = "membio",
         preflight: bool = True,
     ) -> None:
-        acme = _acme()
+        acme = acme_layer()
         assert settings.acme is not None
         spell = settings.spell
         challenges = settings.acme_challenges or ("tls-alpn-01",)
@@ -195,13 +185,13 @@ class AcmeServing:
 
     def gate(self, factory: Any) -> Any:
         """The application factory behind the gate that closes validation connections."""
-        return _acme().ChallengeGate(factory)
+        return acme_layer().ChallengeGate(factory)
 
     def http_resource(self, fallback: IResource) -> IResource:
         """The plain-HTTP port's root: http-01 answers, then C{fallback} (the redirect)."""
         if "http-01" not in self.config.challenges:
             return fallback
-        resource: IResource = _acme().HTTP01Resource(self.board, fallback)
+        resource: IResource = acme_layer().HTTP01Resource(self.board, fallback)
         return resource
 
     # -- the lifecycle ----------------------------------------------------------------

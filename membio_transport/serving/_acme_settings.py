@@ -23,6 +23,7 @@ from ._values import SettingError, parse_path, said
 __all__ = [
     "ACME_EXTRA",
     "ACME_SETTINGS",
+    "acme_layer",
     "check_acme",
     "parse_acme",
     "parse_challenges",
@@ -36,7 +37,7 @@ ACME_EXTRA: Final = "pip install 'membio-transport[acme]'"
 ACME_SETTINGS: Final = ("acme_email", "acme_agree_tos", "acme_challenges", "acme_directory_ca")
 
 
-def _acme_layer() -> Any:
+def acme_layer() -> Any:
     """The ``acme`` subpackage, or a one-line error naming the extra to install."""
     try:
         from .. import acme
@@ -50,7 +51,7 @@ def _acme_layer() -> Any:
 
 def parse_acme(text: str, spelling: str) -> str:
     """A well-known CA's name (``letsencrypt``) or an https:// directory URL -> the URL."""
-    known: dict[str, str] = _acme_layer().WELL_KNOWN_DIRECTORIES
+    known: dict[str, str] = acme_layer().WELL_KNOWN_DIRECTORIES
     if text.lower() in known:
         return known[text.lower()]
     if text.startswith("https://") and len(text) > len("https://"):
@@ -69,7 +70,7 @@ def parse_email(text: str, spelling: str) -> str:
 
 def parse_challenges(text: str, spelling: str) -> tuple[str, ...]:
     """Comma-separated challenge types, in preference order."""
-    kinds: tuple[str, ...] = _acme_layer().CHALLENGE_TYPES
+    kinds: tuple[str, ...] = acme_layer().CHALLENGE_TYPES
     given = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
     unknown = [kind for kind in given if kind not in kinds]
     if unknown or not given:
