@@ -413,3 +413,26 @@ def test_the_readme_s_acme_table_names_every_acme_setting() -> None:
     documented = {row["setting"].strip("`") for row in table("Public certificates (ACME)")}
     acme_rows = {row.name for row in SETTINGS if row.name.startswith("acme")}
     assert acme_rows <= documented and "hostname" in documented
+
+
+def test_without_the_acme_extra_acme_is_one_line_naming_it() -> None:
+    import subprocess
+    import sys
+
+    program = (
+        "import sys\n"
+        "sys.modules['acme'] = None  # as on an install without membio-transport[acme]\n"
+        "from membio_transport.serving import SettingError, flag_of, parse_values\n"
+        "try:\n"
+        "    parse_values('membio-https', {'acme': ['letsencrypt'],"
+        " 'hostname': ['example.org']}, flag_of)\n"
+        "except SettingError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.stdout == (
+        "public certificates need the ACME libraries (acme is missing): "
+        "pip install 'membio-transport[acme]'\n"
+    ), result.stdout + result.stderr
