@@ -73,7 +73,7 @@ def unique_name(label: str) -> str:
 def acme_options(ca: PebbleCA, name: str, cert_dir: Path, *extra: str) -> list[str]:
     """The command-line options of a real host's, pointed at pebble."""
     return [
-        "--acme", ca.directory_url, "--acme-directory-ca", str(ca.ca_file),
+        "--acme-directory", ca.directory_url, "--acme-directory-ca", str(ca.ca_file),
         "--acme-agree-tos", "--acme-email", "ops@example.org",
         "--hostname", name, "--cert-dir", str(cert_dir), *extra,
     ]  # fmt: skip
@@ -306,10 +306,10 @@ def test_membio_endpoint_under_twistd_words_serves_irc_with_a_public_certificate
     name = unique_name("irc")
     keys = {
         "interface": "127.0.0.1",
-        "acme": pebble.directory_url,
+        "acme": "ops@example.org",  # the issue's spelling: acme= is the contact address
+        "acmeDirectory": pebble.directory_url,
         "acmeDirectoryCA": str(pebble.ca_file),
         "acmeAgreeTOS": "yes",
-        "acmeEmail": "ops@example.org",
         "hostname": name,
         "certDir": str(tmp_path / "state"),
     }
@@ -374,7 +374,9 @@ def test_a_url_that_is_not_an_acme_directory_is_refused_at_start_up(
     assert result.stderr.startswith(
         f"twistd membio-https: error: {url} is not an ACME directory (HTTP 200"
     ), result.stderr
-    assert "give --acme (acme= in a membio: endpoint) the CA's directory URL" in result.stderr
+    assert (
+        "give --acme-directory (acmeDirectory= in a membio: endpoint) the CA's directory URL"
+    ) in result.stderr
 
 
 def test_an_unreachable_ca_keeps_the_local_certificate_and_retries(tmp_path: Path) -> None:
@@ -383,7 +385,7 @@ def test_an_unreachable_ca_keeps_the_local_certificate_and_retries(tmp_path: Pat
     cert_dir = tmp_path / "state"
     command = [
         *twistd_command(), "-n", "--pidfile=", "membio-https", "--port", "0",
-        "--interface", "127.0.0.1", "--acme", url, "--acme-agree-tos",
+        "--interface", "127.0.0.1", "--acme-directory", url, "--acme-agree-tos",
         "--hostname", "down.example.test", "--cert-dir", str(cert_dir),
     ]  # fmt: skip
     with running(command, tmp_path, subprocess_env(tmp_path / "home"), "https") as server:

@@ -40,7 +40,14 @@ from membio_transport.acme import (
 )
 from membio_transport.acme._store import AcmeStore
 from membio_transport.certs import generate_leaf, generate_root_ca, pem_cert
-from membio_transport.serving import SettingError, TLSServing, flag_of, key_of, parse_values
+from membio_transport.serving import (
+    SETTINGS,
+    SettingError,
+    TLSServing,
+    flag_of,
+    key_of,
+    parse_values,
+)
 
 from ._plugin_helpers import private_home
 
@@ -68,64 +75,96 @@ def keys(**values: Any) -> Any:
 
 
 def test_the_acme_rows_derive_their_flags_and_keys() -> None:
-    assert [(flag_of(n), key_of(n)) for n in ("acme", "acme_agree_tos", "acme_directory_ca")] == [
-        ("--acme", "acme"),
+    names = ("acme_email", "acme_directory", "acme_agree_tos", "acme_directory_ca")
+    assert [(flag_of(n), key_of(n)) for n in names] == [
+        ("--acme-email", "acmeEmail"),
+        ("--acme-directory", "acmeDirectory"),
         ("--acme-agree-tos", "acmeAgreeTOS"),
         ("--acme-directory-ca", "acmeDirectoryCA"),
     ]
+    (email,) = [row for row in SETTINGS if row.name == "acme_email"]
+    assert email.key_aliases == ("acme",)  # membio:6697:acme=me@example.org:...
 
 
-def test_acme_takes_a_well_known_name_or_a_directory_url() -> None:
-    assert flags(acme="letsencrypt", hostname="example.org").acme == LETS_ENCRYPT_DIRECTORY
-    staging = flags(acme="letsencrypt-staging", hostname="example.org").acme
+def test_a_contact_address_alone_asks_lets_encrypt() -> None:
+    for settings in (
+        flags(acme_email="me@example.org", hostname="example.org"),
+        keys(acme_email="me@example.org", hostname="example.org"),
+        parse_values(
+            "membio:", {"acme_email": ["me@example.org"], "hostname": ["example.org"]},
+            lambda name: "acme=" if name == "acme_email" else f"{key_of(name)}=",
+        ),
+    ):
+        assert settings.acme and settings.acme_directory is None
+    off = flags(hostname="example.org")
+    assert not off.acme
+
+
+def test_a_contact_address_alone_is_served_from_lets_encrypt(tmp_path: Path) -> None:
+    settings = flags(acme_email="me@example.org", hostname="example.org", acme_agree_tos="yes")
+    serving = _serving(tmp_path, settings)
+    assert serving.acme is not None
+    assert serving.acme.config.directory_url == LETS_ENCRYPT_DIRECTORY
+    assert serving.acme.config.email == "me@example.org"
+
+
+def test_the_directory_takes_a_well_known_name_or_a_url_and_turns_acme_on() -> None:
+    chosen = flags(acme_directory="letsencrypt", hostname="example.org")
+    assert chosen.acme and chosen.acme_directory == LETS_ENCRYPT_DIRECTORY
+    staging = flags(acme_directory="letsencrypt-staging", hostname="example.org").acme_directory
     assert staging == "https://acme-staging-v02.api.letsencrypt.org/directory"
-    assert flags(acme=URL, hostname="example.org").acme == URL
+    assert flags(acme_directory=URL, hostname="example.org").acme_directory == URL
     with pytest.raises(SettingError) as raised:
-        flags(acme="http://acme.example.test/dir", hostname="example.org")
+        flags(acme_directory="http://acme.example.test/dir", hostname="example.org")
     assert str(raised.value) == (
-        "--acme 'http://acme.example.test/dir': give letsencrypt or letsencrypt-staging, or "
-        "the CA's ACME directory URL (https://...)"
+        "--acme-directory 'http://acme.example.test/dir': give letsencrypt or "
+        "letsencrypt-staging, or the CA's ACME directory URL (https://...)"
     )
-    with pytest.raises(SettingError, match=r"^acme='le': give letsencrypt"):
-        keys(acme="le", hostname="example.org")
+    with pytest.raises(SettingError, match=r"^acmeDirectory='le': give letsencrypt"):
+        keys(acme_directory="le", hostname="example.org")
 
 
 @pytest.mark.parametrize(
     ("values", "by_flag", "by_key"),
     [
         (
-            {"acme_email": "me@example.org"},
-            "--acme-email needs --acme (the CA to get the certificate from: letsencrypt, or "
-            "its directory URL)",
-            "acmeEmail needs acme (the CA to get the certificate from: letsencrypt, or its "
-            "directory URL)",
-        ),
-        (
             {"acme_agree_tos": "yes"},
-            "--acme-agree-tos needs --acme",
-            "acmeAgreeTOS needs acme",
+            "--acme-agree-tos needs --acme-email (public certificates from Let's Encrypt) "
+            "or --acme-directory (from another ACME CA)",
+            "acmeAgreeTOS needs acmeEmail (public certificates from Let's Encrypt) or "
+            "acmeDirectory (from another ACME CA)",
         ),
         (
-            {"acme": URL},
-            "--acme needs --hostname: the public DNS name(s) of this server to get the "
+            {"acme_challenges": "http-01"},
+            "--acme-challenges needs --acme-email",
+            "acmeChallenges needs acmeEmail",
+        ),
+        (
+            {"acme_email": "me@example.org"},
+            "--acme-email needs --hostname: the public DNS name(s) of this server to get the "
             "certificate for, e.g. --hostname example.org",
-            "acme needs hostname: the public DNS name(s) of this server to get the "
+            "acmeEmail needs hostname: the public DNS name(s) of this server to get the "
             "certificate for, e.g. hostname=example.org",
         ),
         (
-            {"acme": URL, "hostname": "example.org", "cert": "/etc/tls/chain.pem"},
-            "--acme gets the certificate from the CA; --cert serves your own: give one or "
-            "the other",
-            "acme gets the certificate from the CA; cert serves your own: give one or the "
-            "other",
+            {"acme_directory": URL},
+            "--acme-directory needs --hostname",
+            "acmeDirectory needs hostname",
         ),
         (
-            {"acme": URL, "hostname": "example.org", "acme_email": "me@a@b"},
+            {"acme_directory": URL, "hostname": "example.org", "cert": "/etc/tls/chain.pem"},
+            "--acme-directory gets the certificate from an ACME CA; --cert serves your own: "
+            "give one or the other",
+            "acmeDirectory gets the certificate from an ACME CA; cert serves your own: give "
+            "one or the other",
+        ),
+        (
+            {"hostname": "example.org", "acme_email": "me@a@b"},
             "--acme-email 'me@a@b' is not one e-mail address",
             "acmeEmail='me@a@b' is not one e-mail address",
         ),
         (
-            {"acme": URL, "hostname": "example.org", "acme_challenges": "dns-01"},
+            {"acme_directory": URL, "hostname": "example.org", "acme_challenges": "dns-01"},
             "--acme-challenges 'dns-01': use tls-alpn-01 and/or http-01, comma-separated "
             "(dns-01 is not supported)",
             "acmeChallenges='dns-01': use tls-alpn-01 and/or http-01, comma-separated "
@@ -144,7 +183,10 @@ def test_acme_mistakes_are_one_line_spelled_as_typed(
 
 def test_a_missing_directory_ca_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(SettingError, match=r"^acmeDirectoryCA='.*nowhere.pem': no such file$"):
-        keys(acme=URL, hostname="example.org", acme_directory_ca=str(tmp_path / "nowhere.pem"))
+        keys(
+            acme_directory=URL, hostname="example.org",
+            acme_directory_ca=str(tmp_path / "nowhere.pem"),
+        )  # fmt: skip
 
 
 def _clock() -> Clock:
@@ -165,17 +207,17 @@ def test_names_a_public_ca_cannot_validate_are_refused_in_the_user_s_spelling(
     tmp_path: Path,
 ) -> None:
     with pytest.raises(SettingError) as raised:
-        _serving(tmp_path, keys(acme=URL, hostname="10.0.0.1", acme_agree_tos="yes"))
+        _serving(tmp_path, keys(acme_directory=URL, hostname="10.0.0.1", acme_agree_tos="yes"))
     assert str(raised.value) == (
         "hostname=10.0.0.1: public CAs issue ACME certificates for DNS names here, not IP "
         "addresses"
     )
     with pytest.raises(SettingError, match=r"^--hostname intranet: not a public DNS name"):
-        _serving(tmp_path, flags(acme=URL, hostname="intranet", acme_agree_tos="yes"))
+        _serving(tmp_path, flags(acme_directory=URL, hostname="intranet", acme_agree_tos="yes"))
 
 
 def test_http_01_needs_the_plain_http_listener(tmp_path: Path) -> None:
-    settings = flags(acme=URL, hostname="example.org", acme_challenges="http-01")
+    settings = flags(acme_directory=URL, hostname="example.org", acme_challenges="http-01")
     with pytest.raises(SettingError) as raised:
         _serving(tmp_path, settings)
     assert str(raised.value) == (
@@ -237,7 +279,9 @@ def _store_certificate(state: Path, names: tuple[str, ...], days: int = 60) -> s
 def test_without_a_stored_certificate_the_local_one_is_served_and_challenges_answered(
     tmp_path: Path,
 ) -> None:
-    settings = flags(acme=URL, hostname="www.example.org", acme_agree_tos="yes", alpn="h2")
+    settings = flags(
+        acme_directory=URL, hostname="www.example.org", acme_agree_tos="yes", alpn="h2"
+    )
     serving = _serving(tmp_path, settings)
     assert serving.acme is not None and not serving.own_certificate
     assert "www.example.org" in serving.certificate.names  # the local leaf names it too
@@ -264,7 +308,7 @@ def test_without_a_stored_certificate_the_local_one_is_served_and_challenges_ans
 def test_a_stored_certificate_is_served_from_the_start(tmp_path: Path) -> None:
     names = ("www.example.org", "example.org")
     fingerprint = _store_certificate(tmp_path / "state", names)
-    settings = flags(acme=URL, hostname=list(names), acme_agree_tos="yes")
+    settings = flags(acme_directory=URL, hostname=list(names), acme_agree_tos="yes")
     serving = _serving(tmp_path, settings)
     assert serving.certificate.fingerprint_sha256 == fingerprint
     assert serving.own_certificate
@@ -272,7 +316,7 @@ def test_a_stored_certificate_is_served_from_the_start(tmp_path: Path) -> None:
 
 
 def test_a_delivered_certificate_is_installed_for_new_connections(tmp_path: Path) -> None:
-    settings = flags(acme=URL, hostname="www.example.org", acme_agree_tos="yes")
+    settings = flags(acme_directory=URL, hostname="www.example.org", acme_agree_tos="yes")
     serving = _serving(tmp_path, settings)
     acme = serving.acme
     assert acme is not None
@@ -308,7 +352,7 @@ class _Endpoint:
 
 
 def test_the_application_sits_behind_the_challenge_gate(tmp_path: Path) -> None:
-    settings = flags(acme=URL, hostname="www.example.org", acme_agree_tos="yes")
+    settings = flags(acme_directory=URL, hostname="www.example.org", acme_agree_tos="yes")
     serving = _serving(tmp_path, settings)
     inner = _Endpoint()
     application = Factory.forProtocol(Protocol)
@@ -415,7 +459,10 @@ def test_the_readme_s_acme_table_names_every_acme_setting() -> None:
     assert acme_rows <= documented and "hostname" in documented
 
 
-def test_without_the_acme_extra_acme_is_one_line_naming_it() -> None:
+@pytest.mark.parametrize(
+    ("setting", "value"), [("acme_email", "me@example.org"), ("acme_directory", "letsencrypt")]
+)
+def test_without_the_acme_extra_acme_is_one_line_naming_it(setting: str, value: str) -> None:
     import subprocess
     import sys
 
@@ -424,7 +471,7 @@ def test_without_the_acme_extra_acme_is_one_line_naming_it() -> None:
         "sys.modules['acme'] = None  # as on an install without membio-transport[acme]\n"
         "from membio_transport.serving import SettingError, flag_of, parse_values\n"
         "try:\n"
-        "    parse_values('membio-https', {'acme': ['letsencrypt'],"
+        f"    parse_values('membio-https', {{'{setting}': ['{value}'],"
         " 'hostname': ['example.org']}, flag_of)\n"
         "except SettingError as error:\n"
         "    print(error)\n"

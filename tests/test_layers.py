@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 #: layer wires the ACME manager in (``serving/_acme.py``) and all three entry points
 #: get it.  Never the other way round: ``acme`` hands over "a certificate to serve"
 #: through a callback and knows nothing of listeners, contexts or settings.  ``acme``
-#: is an optional extra, so the serving layer imports it only when ``--acme`` is
-#: given (`test_the_optional_acme_layer_is_imported_only_when_asked_for`).
+#: is an optional extra, so the serving layer imports it only when ACME is asked for
+#: (`test_the_optional_acme_layer_is_imported_only_when_asked_for`).
 ALLOWED: dict[str, frozenset[str]] = {
     "tls": frozenset({"tls"}),
     "certs": frozenset({"certs"}),
@@ -243,7 +243,7 @@ def test_each_face_says_what_its_layer_is_for_and_may_import(layer: str) -> None
 
 
 def test_the_optional_acme_layer_is_imported_only_when_asked_for() -> None:
-    """A plain install (no ``[acme]`` extra) runs every entry point without ``--acme``."""
+    """A plain install (no ``[acme]`` extra) runs every entry point without ACME settings."""
     import subprocess
     import sys
 

@@ -225,7 +225,8 @@ class AcmeSession:
         if missing:
             raise NotAnAcmeDirectory(
                 f"{url} is not an ACME directory ({what}, no {'/'.join(missing)}); give "
-                "--acme (acme= in a membio: endpoint) the CA's directory URL, e.g. "
+                "--acme-directory (acmeDirectory= in a membio: endpoint) the CA's directory "
+                "URL, e.g. "
                 "https://acme-v02.api.letsencrypt.org/directory"
             )
         assert isinstance(document, dict)

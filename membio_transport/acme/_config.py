@@ -30,7 +30,7 @@ __all__ = [
 LETS_ENCRYPT_DIRECTORY: Final = "https://acme-v02.api.letsencrypt.org/directory"
 # Let's Encrypt's staging CA: untrusted certificates, generous rate limits, for trying out.
 LETS_ENCRYPT_STAGING_DIRECTORY: Final = "https://acme-staging-v02.api.letsencrypt.org/directory"
-# Names an operator may give instead of a directory URL (--acme letsencrypt).
+# Names an operator may give instead of a directory URL (--acme-directory letsencrypt).
 WELL_KNOWN_DIRECTORIES: Final[dict[str, str]] = {
     "letsencrypt": LETS_ENCRYPT_DIRECTORY,
     "letsencrypt-staging": LETS_ENCRYPT_STAGING_DIRECTORY,
@@ -122,8 +122,8 @@ class AcmeConfig:
         object.__setattr__(self, "names", _checked_names(self.names, spell))
         if not self.directory_url.startswith("https://"):
             raise AcmeConfigError(
-                f"{_said(spell('acme'), self.directory_url)}: ACME directories are https:// "
-                "URLs (RFC 8555 section 6.1)"
+                f"{_said(spell('acme_directory'), self.directory_url)}: ACME directories are "
+                "https:// URLs (RFC 8555 section 6.1)"
             )
         if self.email is not None and (
             "@" not in self.email or any(c.isspace() or c == "," for c in self.email)

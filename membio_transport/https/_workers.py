@@ -40,7 +40,7 @@ def close_idle_http(protocol: Any) -> bool:
     lost), and say whether it was.
     """
     channel = getattr(protocol, "wrappedProtocol", protocol)
-    # Behind the ACME challenge gate (--acme), the application is one wrapper further.
+    # Behind the ACME challenge gate (with ACME on), the application is one wrapper further.
     while isinstance(channel, ProtocolWrapper) and channel.wrappedProtocol is not None:
         channel = channel.wrappedProtocol
     # twisted.web wraps HTTP/1.1 and HTTP/2 channels in a proxy that picks

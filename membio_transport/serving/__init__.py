@@ -19,10 +19,10 @@ ACME layer's manager, responders and gate into the certificate source.  A
 feature added here reaches all three entry points.
 
 What it may import: the ``tls`` and ``certs`` layers, ``acme`` (only when
-``--acme`` is given: it is the optional extra ``membio-transport[acme]``),
-and ``observe`` (which it will wire in), through their faces; Twisted,
-pyOpenSSL and cryptography.  It never imports ``workers``, ``https`` or
-``proxy``: those are built on it.
+ACME is asked for, ``--acme-email`` or ``--acme-directory``: it is the
+optional extra ``membio-transport[acme]``), and ``observe`` (which it will
+wire in), through their faces; Twisted, pyOpenSSL and cryptography.  It
+never imports ``workers``, ``https`` or ``proxy``: those are built on it.
 """
 
 from ._commandline import ConfigurationError, TLSOptions

@@ -42,7 +42,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from ..certs import CertificateError, ServerCertificate, default_cert_dir
-from ._acme_settings import acme_layer
+from ._acme_settings import acme_layer, acme_trigger
 from ._values import SettingError, said
 
 if TYPE_CHECKING:
@@ -84,8 +84,10 @@ class AcmeServing:
         preflight: bool = True,
     ) -> None:
         acme = acme_layer()
-        assert settings.acme is not None
+        assert settings.acme
         spell = settings.spell
+        #: The setting that turned ACME on, as the user spelled it.
+        self._trigger = spell(acme_trigger(settings)).rstrip("=")
         challenges = settings.acme_challenges or ("tls-alpn-01",)
         if "http-01" in challenges and not http01:
             raise SettingError(
@@ -98,7 +100,7 @@ class AcmeServing:
             self.config: AcmeConfig = acme.AcmeConfig(
                 names=settings.hostname,
                 email=settings.acme_email,
-                directory_url=settings.acme,
+                directory_url=settings.acme_directory or acme.LETS_ENCRYPT_DIRECTORY,
                 agree_tos=settings.acme_agree_tos,
                 challenges=challenges,
                 directory_ca=settings.acme_directory_ca,
@@ -129,7 +131,7 @@ class AcmeServing:
         except acme.CAUnreachable as error:
             if not config.agree_tos:
                 raise SettingError(
-                    f"{spell('acme').rstrip('=')} needs {spell('acme_agree_tos').rstrip('=')}: "
+                    f"{self._trigger} needs {spell('acme_agree_tos').rstrip('=')}: "
                     f"agree to the terms of service of the ACME CA {config.directory_url} "
                     f"(which cannot be reached now to name them: {error})"
                 ) from None

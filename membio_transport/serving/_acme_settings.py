@@ -1,15 +1,17 @@
 """
 The ACME rows of the settings table: their parsers and the rules between them.
 
-``--acme`` turns public certificates on (``membio_transport.acme``, the optional
-extra ``membio-transport[acme]``); the other ``--acme-*`` settings only refine it,
-and ``--hostname`` names what to ask for.  Everything that can be checked without
+``--acme-email`` turns public certificates on (``membio_transport.acme``, the
+optional extra ``membio-transport[acme]``), from Let's Encrypt unless
+``--acme-directory`` names another CA (which turns them on by itself too, for a
+CA that needs no contact address); the other ``--acme-*`` settings only refine
+them, and ``--hostname`` names what to ask for.  Everything that can be checked without
 the network is checked here, when the command line or endpoint string is parsed,
 in one line spelled the way the user typed it.  What needs the CA (its terms of
 service, whether the URL is an ACME directory at all) is `_acme.AcmeServing`'s
 preflight.
 
-Nothing here imports the ``acme`` library until ``--acme`` is actually given, so
+Nothing here imports the ``acme`` library until ACME is actually asked for, so
 that a plain install parses every command line.
 """
 
@@ -24,6 +26,7 @@ __all__ = [
     "ACME_EXTRA",
     "ACME_SETTINGS",
     "acme_layer",
+    "acme_trigger",
     "check_acme",
     "parse_acme",
     "parse_challenges",
@@ -31,10 +34,10 @@ __all__ = [
     "parse_existing_file",
 ]
 
-#: What to install for ``--acme``, named in the message when it is missing.
+#: What to install for ACME, named in the message when it is missing.
 ACME_EXTRA: Final = "pip install 'membio-transport[acme]'"
-#: The rows that refine ``acme`` (they mean nothing without it).
-ACME_SETTINGS: Final = ("acme_email", "acme_agree_tos", "acme_challenges", "acme_directory_ca")
+#: The rows that refine ACME (they mean nothing without a contact or a directory).
+ACME_SETTINGS: Final = ("acme_agree_tos", "acme_challenges", "acme_directory_ca")
 
 
 def acme_layer() -> Any:
@@ -88,6 +91,11 @@ def parse_existing_file(text: str, spelling: str) -> Path:
     return path
 
 
+def acme_trigger(settings: Any) -> str:
+    """The setting that turned ACME on, to name it in messages: the contact, else the CA."""
+    return "acme_email" if settings.acme_email is not None else "acme_directory"
+
+
 def check_acme(settings: Any) -> None:
     """
     The rules between the ACME settings and the others (`TLSSettings.check`).
@@ -98,17 +106,19 @@ def check_acme(settings: Any) -> None:
     def name(setting: str) -> str:
         return str(settings.spell(setting)).rstrip("=")
 
-    if settings.acme is None:
+    if not settings.acme:
         given = [row for row in ACME_SETTINGS if getattr(settings, row) not in (None, False, ())]
         if given:
             raise SettingError(
-                f"{name(given[0])} needs {name('acme')} (the CA to get the certificate from: "
-                "letsencrypt, or its directory URL)"
+                f"{name(given[0])} needs {name('acme_email')} (public certificates from Let's "
+                f"Encrypt) or {name('acme_directory')} (from another ACME CA)"
             )
         return
+    acme_layer()  # the extra is installed, or one line says how
+    trigger = name(acme_trigger(settings))
     if settings.cert:
         raise SettingError(
-            f"{name('acme')} gets the certificate from the CA; {name('cert')} serves your own: "
+            f"{trigger} gets the certificate from an ACME CA; {name('cert')} serves your own: "
             "give one or the other"
         )
     if not settings.hostname:
@@ -117,6 +127,6 @@ def check_acme(settings: Any) -> None:
             else "--hostname example.org"
         )
         raise SettingError(
-            f"{name('acme')} needs {name('hostname')}: the public DNS name(s) of this server "
+            f"{trigger} needs {name('hostname')}: the public DNS name(s) of this server "
             f"to get the certificate for, e.g. {example}"
         )

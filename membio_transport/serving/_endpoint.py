@@ -36,13 +36,15 @@ comma-separated for more certificates chosen by SNI), ``keyPasswordFile``,
 ``alpn``, ``clientCA``, ``clientCert``, ``requestClientCert=yes``,
 ``handshakeTimeout``, ``idleTimeout``, ``maxConnections``,
 ``reloadInterval``, ``backlog`` and ``plainHTTP``; and a public
-certificate from an ACME CA with ``acme`` (``letsencrypt`` or a directory
-URL, quoted), ``acmeEmail``, ``acmeAgreeTOS=yes``, ``acmeChallenges``,
-``acmeDirectoryCA`` and ``hostname``::
+certificate from an ACME CA with ``acme`` (short for ``acmeEmail``, the
+contact address; Let's Encrypt unless ``acmeDirectory`` names another CA,
+by name or by URL with its colons escaped), ``acmeAgreeTOS=yes``,
+``acmeChallenges``, ``acmeDirectoryCA`` and ``hostname``::
 
-    twistd words --irc-port 'membio:6697:acme=letsencrypt:acmeAgreeTOS=yes:hostname=irc.example.org'
-  The certificates are
-reloaded when their files change and on SIGHUP, and a generated one is
+    twistd words --irc-port \
+        'membio:6697:acme=me@example.org:acmeAgreeTOS=yes:hostname=irc.example.org'
+
+The certificates are reloaded when their files change and on SIGHUP, and a generated one is
 renewed while the program runs, from the moment the endpoint listens until
 it stops listening.
 

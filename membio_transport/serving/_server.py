@@ -88,7 +88,7 @@ class TLSServing:
         self._clock = clock
         self._users = 0
         self.acme: AcmeServing | None = None
-        if settings.acme is not None:
+        if settings.acme:
             from ._acme import AcmeServing
 
             self.acme = AcmeServing(

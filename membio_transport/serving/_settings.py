@@ -10,7 +10,8 @@ with what the user typed (`SettingError`).  The README's tables are checked
 against this one (``tests/test_settings.py``).
 
 Only the keys Twisted's own ``ssl:`` endpoint uses keep aliases
-(``certKey=`` and ``privateKey=`` for ``cert=`` and ``key=``); options
+(``certKey=`` and ``privateKey=`` for ``cert=`` and ``key=``), and the short
+``acme=`` for ``acmeEmail=`` (``membio:6697:acme=me@example.org:...``); options
 that are not about TLS (``--port``, ``--path``, ``--backend``, ``--workers``)
 belong to each app.  Parsing a command line or an endpoint string gives
 `TLSSettings`, from which ``_server.TLSServing`` builds everything.
@@ -112,8 +113,8 @@ class Setting:
     @ivar switch: a flag without a value on a command line (``yes``/``no``
         in an endpoint key).
     @ivar short: a one-letter command-line alias.
-    @ivar key_aliases: endpoint keys kept for compatibility with Twisted's
-        ``ssl:`` endpoint.
+    @ivar key_aliases: more endpoint keys: those of Twisted's ``ssl:``
+        endpoint (``certKey=``), and ``acme=`` for the ACME contact address.
     @ivar entry_points: who takes it (every entry point, unless it makes no
         sense for one).
     """
@@ -173,17 +174,18 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     ),
     # -- public certificates (ACME, issue #12): _acme_settings, _acme ---------------
     Setting(
-        "acme",
-        "Get the certificate for the hostname names from an ACME CA, serve it and renew it "
-        "while running: letsencrypt, letsencrypt-staging, or the CA's directory URL "
-        "(https://...). State in the cert_dir's acme/ folder.",
-        "off: no public certificate", parse_acme,
+        "acme_email",
+        "Get the certificate for the hostname names from an ACME CA (Let's Encrypt unless "
+        "acme_directory says otherwise), serve it and renew it while running; the address is "
+        "the account's contact for the CA. State in the cert_dir's acme/ folder.",
+        "off: no public certificate", parse_email, key_aliases=("acme",),
     ),
     Setting(
-        "acme_email",
-        "Contact address the ACME CA may write to about the account and expiring "
-        "certificates.",
-        "none", parse_email,
+        "acme_directory",
+        "The ACME CA to get the certificate from: letsencrypt, letsencrypt-staging, or the "
+        "CA's directory URL (https://...), e.g. a private step-ca or a test pebble; turns "
+        "ACME on by itself too (no contact address then).",
+        "letsencrypt, when acme_email is given", parse_acme,
     ),
     Setting(
         "acme_agree_tos",
@@ -303,8 +305,8 @@ class TLSSettings:
     key_password_file: Path | None = None
     cert_dir: Path | None = None
     hostname: tuple[str, ...] = ()
-    acme: str | None = None
     acme_email: str | None = None
+    acme_directory: str | None = None
     acme_agree_tos: bool = False
     acme_challenges: tuple[str, ...] = ()
     acme_directory_ca: Path | None = None
@@ -321,6 +323,11 @@ class TLSSettings:
     backlog: int | None = None
     plain_http: PlainHTTPPolicy | None = "explain"
     spell: Callable[[str], str] = field(default=flag_of, compare=False, repr=False)
+
+    @property
+    def acme(self) -> bool:
+        """Public certificates are on: a contact address or a directory was given."""
+        return self.acme_email is not None or self.acme_directory is not None
 
     @property
     def own_certificate(self) -> bool:
