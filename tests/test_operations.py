@@ -33,10 +33,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet.endpoints import quoteStringArgument
 
-from membio_transport.certs import generate_leaf, generate_root_ca
+from membio_transport.certs import generate_root_ca
 from membio_transport.serving import flag_of, key_of
 
 from ._deploy_helpers import backend, echo_handler, membio_tls_command, socket_owner
+from ._expiring import ExpiringCA
 from ._plugin_helpers import (
     HTTPS_READY,
     TLS_ON_LOOPBACK,
@@ -59,43 +60,6 @@ METRICS_ENDPOINT = "tcp:0:interface=127.0.0.1"
 
 
 # ------------------------------------------------------------------ certificates
-
-
-@dataclass
-class PKI:
-    """A local root and the files of leaves it issued, in C{directory}."""
-
-    directory: Path
-
-    def __post_init__(self) -> None:
-        self.root, self.root_key = generate_root_ca()
-        self.ca = self.directory / "ca.pem"
-        self.ca.write_bytes(self.root.public_bytes(serialization.Encoding.PEM))
-
-    def leaf(
-        self, name: str, left: datetime.timedelta, names: tuple[str, ...] = ("localhost",),
-        folder: Path | None = None, key_inside: bool = False,
-    ) -> tuple[Path, Path]:
-        """A leaf for C{names} valid C{left} longer: (chain file, key file)."""
-        lifetime = datetime.timedelta(days=90)
-        now = datetime.datetime.now(datetime.UTC)
-        certificate, key = generate_leaf(
-            list(names), issuer=(self.root, self.root_key), now=now + left - lifetime,
-            lifetime=lifetime,
-        )
-        folder = folder or self.directory
-        folder.mkdir(parents=True, exist_ok=True)
-        pem = serialization.Encoding.PEM
-        key_pem = key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        chain = folder / f"{name}.pem"
-        key_file = chain if key_inside else folder / f"{name}.key"
-        chain.write_bytes(certificate.public_bytes(pem) + (key_pem if key_inside else b""))
-        if not key_inside:
-            key_file.write_bytes(key_pem)
-        key_file.chmod(0o600)
-        return chain, key_file
 
 
 def not_after(chain: Path) -> float:
@@ -199,7 +163,7 @@ def plain_http(port: int) -> bytes:
 def test_prometheus_scrapes_every_entry_point(
     entry: str, tmp_path: Path, prometheus: Callable[[int], Prometheus]  # noqa: F811
 ) -> None:
-    pki = PKI(tmp_path)
+    pki = ExpiringCA(tmp_path)
     chain, key = pki.leaf("server", datetime.timedelta(days=60))
     settings = {"metrics": METRICS_ENDPOINT, "max_connections": "50"}
     with serve(entry, tmp_path, [(chain, key)], settings) as served:
@@ -238,14 +202,15 @@ def test_prometheus_scrapes_every_entry_point(
         assert served.server.process.poll() is None
 
 
+@pytest.mark.parametrize("entry", ["membio-https", "membio-tls"])
 def test_prometheus_sees_the_sum_of_two_workers(
-    tmp_path: Path, prometheus: Callable[[int], Prometheus]  # noqa: F811
+    entry: str, tmp_path: Path, prometheus: Callable[[int], Prometheus]  # noqa: F811
 ) -> None:
-    pki = PKI(tmp_path)
+    pki = ExpiringCA(tmp_path)
     chain, key = pki.leaf("server", datetime.timedelta(days=60))
     settings = {"metrics": METRICS_ENDPOINT}
     with serve(
-        "membio-https", tmp_path, [(chain, key)], settings, app_options=("--workers", "2")
+        entry, tmp_path, [(chain, key)], settings, app_options=("--workers", "2")
     ) as served:
         wait_for_workers(served.server, 2)
         scraper = prometheus(listening_port(served.server, METRICS_ON))
@@ -261,19 +226,31 @@ def test_prometheus_sees_the_sum_of_two_workers(
             with socket.create_connection(("127.0.0.1", served.port), timeout=10) as raw, \
                     context.wrap_socket(raw, server_hostname="localhost") as tls:
                 owner = socket_owner(served.port, tls.getsockname()[1], pids)
-                tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                while tls.recv(65536):
-                    pass
+                if entry == "membio-https":
+                    tls.sendall(
+                        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                    )
+                    while tls.recv(65536):
+                        pass
+                else:  # through the relay to the echo backend, and back
+                    tls.sendall(b"ping\n")
+                    echoed = b""
+                    while len(echoed) < 5 and (chunk := tls.recv(5)):
+                        echoed += chunk
+                    assert echoed == b"ping\n"
                 return owner
 
         served_by = spread_over(pids, connect)
         assert set(served_by) == set(pids), served_by  # each worker served some
         total = sum(served_by.values())
+        # A worker's snapshot may be taken between a batch's accepts and its
+        # handshakes: wait for one taken after the whole batch.
         wait_for(
-            f"Prometheus sees the {total} connections of both workers",
-            lambda: scraper.scalar("membio_tls_connections_total") == total,
+            f"Prometheus sees the {total} connections and handshakes of both workers",
+            lambda: scraper.scalar("membio_tls_connections_total") == total
+            and scraper.scalar("sum(membio_tls_handshakes_total)") == total,
         )
-        assert scraper.scalar("sum(membio_tls_handshakes_total)") == total
+        assert scraper.scalar("membio_tls_handshake_duration_seconds_count") == total
         assert scraper.scalar("membio_workers_reporting") == 2
         # The parent's own series are there once, not per worker.
         assert scraper.scalar(
@@ -292,7 +269,7 @@ def expiry_lines(text: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_expiry_warnings_at_20_days_5_days_and_12_hours(entry: str, tmp_path: Path) -> None:
-    pki = PKI(tmp_path)
+    pki = ExpiringCA(tmp_path)
     day, hour = datetime.timedelta(days=1), datetime.timedelta(hours=1)
     twenty = pki.leaf("twenty", 20 * day)
     five = pki.leaf("five", 5 * day, names=("five.test",))
@@ -347,7 +324,7 @@ def json_records(text: str) -> list[dict[str, object]]:
     ],
 )
 def test_a_failed_handshake_logs_one_json_object(entry: str, how: str, tmp_path: Path) -> None:
-    pki = PKI(tmp_path)
+    pki = ExpiringCA(tmp_path)
     chain, key = pki.leaf("server", datetime.timedelta(days=60))
     json_options = (
         {"twistd_options": ("--logger", "membio_transport.observe.json_log_observer")}
