@@ -10,14 +10,16 @@ endpoint key, default, parser: ``_values``), turned into twistd options by
 the certificate source and its lifecycle (``_source``: generated leaf
 renewed in process, files reloaded on change and on SIGHUP through
 ``_signals``, the SNI directory of ``_sni``), the contexts (``_context``),
-the factory policy and the connection limit (``_limits``), and wraps
-endpoints (``_tlsendpoint``).  Listeners and the one-line start-up errors
+the factory policy and the connection limit (``_limits``), the server's
+operations (``_operations``: expiry warnings over every certificate it
+holds, ``/metrics`` with the ``metrics`` setting, a ``--workers`` parent's
+sums), and wraps endpoints (``_tlsendpoint``).  Listeners and the one-line start-up errors
 (``_listeners``, ``_startup_errors``) and the ``membio:`` endpoint strings
 (``_endpoint``) are here too.  A feature added here reaches all three entry
 points.
 
-What it may import: the ``tls`` and ``certs`` layers, and ``acme`` and
-``observe`` (which it will wire in), through their faces; Twisted,
+What it may import: the ``tls`` and ``certs`` layers, and ``acme`` (which
+it will wire in) and ``observe``, through their faces; Twisted,
 pyOpenSSL and cryptography.  It never imports ``workers``, ``https`` or
 ``proxy``: those are built on it.
 """
