@@ -321,11 +321,13 @@ def json_records(text: str) -> list[dict[str, object]]:
         ("membio-https", "--log-format"),
         ("membio-tls", "--log-format"),
         ("membio-tls", "--logger"),
+        ("membio:", "--logger"),
     ],
 )
 def test_a_failed_handshake_logs_one_json_object(entry: str, how: str, tmp_path: Path) -> None:
     pki = ExpiringCA(tmp_path)
     chain, key = pki.leaf("server", datetime.timedelta(days=60))
+    # membio: has no logFormat=: the program (twistd web here) chooses its logging.
     json_options = (
         {"twistd_options": ("--logger", "membio_transport.observe.json_log_observer")}
         if how == "--logger" else {"app_options": ("--log-format", "json")}
