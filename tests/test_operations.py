@@ -11,8 +11,10 @@ Operations on every entry point, as real processes: ``twistd membio-https``,
   files and the SNI directory's) are each warned about at start, and a
   certificate replaced by one that expires sooner is warned about after
   the reload.
-* ``--log-format json`` (and ``twistd --logger`` with ours) writes every
-  line as a JSON object; the failed handshake's line is parsed back.
+* ``--log-format json`` on both apps, and ``twistd --logger`` with ours
+  (also for a ``membio:`` endpoint, whose program chooses its logging),
+  write every line as a JSON object; the failed handshake's line is parsed
+  back, with its peer, reason, listener and server name.
 """
 
 from __future__ import annotations
