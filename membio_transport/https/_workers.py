@@ -132,9 +132,11 @@ def https_service(options: Any, make_site: Callable[[], Site]) -> WorkerPool:
         announce=announce,
         # The certificate lifecycle runs here, in the parent: a reload makes
         # a new context, and the workers are then replaced by new forks.
-        helpers=[serving.service()],
+        helpers=[serving.service(workers=True)],
         context_of=lambda: serving.creator.context,
         cleanup=lambda: close_shared(shared),
+        # With --metrics, each worker reports its counters to the parent.
+        fork_link=serving.fork_link,
         system="membio-https",
     )
 

@@ -21,9 +21,10 @@ settings table), HSTS and the HTTP ALPN protocols in `_web`, the service in
 
 from __future__ import annotations
 
-from twisted.application.service import Service
+from twisted.application.service import IService, Service
 
 from ..certs import ServerCertificate
+from ..observe import with_log_format
 from ..serving import DEFAULT_PORT, Listener, StartupError, TLSServing
 from ._options import Options
 from ._plan import Plan
@@ -34,8 +35,13 @@ from ._site import SecureSite
 __all__ = ["DEFAULT_PORT", "HTTPSService", "Options", "StartupError", "makeService", "site_of"]
 
 
-def makeService(options: Options) -> Service:
-    """Build the service twistd runs from parsed L{Options}."""
+def makeService(options: Options) -> IService:
+    """Build the service twistd runs from parsed L{Options} (logging as --log-format says)."""
+    serving: TLSServing = options["serving"]
+    return with_log_format(_service(options), serving.settings.log_format)
+
+
+def _service(options: Options) -> Service:
     if options["workers"]:
         from ._workers import https_service
 

@@ -16,14 +16,17 @@ It builds, once per server (however many listeners it has):
   preflight, the stored certificate as the default, the tls-alpn-01
   responder on every context, the gate in front of every application, and
   the ACME manager running with the lifecycle.
+* its operations (``_operations``): expiry warnings over every certificate
+  it holds, and ``/metrics`` when the ``metrics`` setting asks.
 
 `wrap` puts all that around a plain server endpoint.  The lifecycle (file
-polling, SIGHUP, renewal, the limit's burst report) runs while at least one
-listener of the server listens: an endpoint made by `wrap` starts it when
-its port listens and stops it when the last port stops listening, so any
-Twisted program that takes endpoint strings gets it without a service of
-ours.  A ``--workers`` parent, which listens in no endpoint, runs
-`service()` instead.
+polling, SIGHUP, renewal, the limit's burst report, expiry warnings,
+metrics) runs while at least one listener of the server listens: an
+endpoint made by `wrap` starts it when its port listens and stops it when
+the last port stops listening, so any Twisted program that takes endpoint
+strings gets it without a service of ours.  A ``--workers`` parent, which
+listens in no endpoint, runs `service()` instead, and its pool calls
+`fork_link` before each fork.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from ..certs import ServerCertificate, check_key_passwords, read_key_password
 from ..tls import HARDENED, ClientAuth, TLSStats
 from ._limits import ConnectionLimit
+from ._operations import ForkLink, Operations
 from ._settings import TLSSettings
 from ._sni import CertificateFiles, CertificateSet
 from ._source import (
@@ -138,6 +142,11 @@ class TLSServing:
         )
         #: The counters of every listener of this server.
         self.stats = self.limit.stats if self.limit is not None else TLSStats()
+        #: Expiry warnings and metrics.
+        self.operations = Operations(
+            self.source, self.stats, self.limit, self.held, metrics=settings.metrics,
+            clock=clock, log_system=log_system,
+        )
 
     @property
     def creator(self) -> Any:
@@ -152,6 +161,11 @@ class TLSServing:
     def certificate(self) -> ServerCertificate:
         """The default certificate served now."""
         return self.source.current.default
+
+    def held(self) -> list[ServerCertificate]:
+        """Every certificate served now: the default one, then the others (SNI)."""
+        current = self.source.current
+        return [current.default, *(certificate for certificate, _ in current.others)]
 
     @property
     def client_auth(self) -> ClientAuth | None:
@@ -228,6 +242,7 @@ class TLSServing:
         self._users += 1
         if self._users == 1:
             self.source.startService()
+            self.operations.start()
             if self.acme is not None:
                 self.acme.start()
 
@@ -240,6 +255,7 @@ class TLSServing:
             return None
         self._users -= 1
         if self._users == 0:
+            self.operations.stop()
             self.source.stopService()
             if self.limit is not None:
                 self.limit.stop()
@@ -247,9 +263,19 @@ class TLSServing:
                 return self.acme.stop()
         return None
 
-    def service(self) -> Service:
-        """The lifecycle as a twistd service, for a process that listens in no endpoint."""
+    def service(self, *, workers: bool = False) -> Service:
+        """
+        The lifecycle as a twistd service, for a process that listens in no
+        endpoint: a ``--workers`` parent (C{workers}), whose metrics are the
+        sums its workers report through `fork_link`.
+        """
+        if workers:
+            self.operations.for_workers()
         return _ServingService(self)
+
+    def fork_link(self) -> ForkLink | None:
+        """For the ``--workers`` pool, before each fork: the worker's metrics channel."""
+        return self.operations.fork_link()
 
     # -- what the start-up log says --------------------------------------------------
 
@@ -266,6 +292,8 @@ class TLSServing:
             limits.append(f"idle timeout {settings.idle_timeout:g}s")
         if settings.max_connections is not None:
             limits.append(f"at most {settings.max_connections} connections")
+        if settings.metrics is not None:
+            limits.append(f"Prometheus metrics on {settings.metrics}")
         interval = settings.reload_interval
         limits.append(
             "certificates reloaded on SIGHUP"

@@ -40,7 +40,9 @@ from ._values import (
     parse_client_cert,
     parse_count,
     parse_directory,
+    parse_endpoint,
     parse_key_path,
+    parse_log_format,
     parse_names,
     parse_path,
     parse_plain_http,
@@ -276,6 +278,19 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "https:// URL), redirect (a 301 there), close, or off (every byte to OpenSSL).",
         "explain", parse_plain_http,
     ),
+    # -- operations (issue #13): what the people running the server see
+    Setting(
+        "metrics",
+        "Serve Prometheus metrics at /metrics on this Twisted server endpoint, e.g. "
+        "tcp:9100:interface=127.0.0.1 (in a membio: key, its colons escaped as in "
+        "endpoint=); with --workers, the sum over the workers.",
+        "off", parse_endpoint,
+    ),
+    Setting(
+        "log_format",
+        "Log lines as text, or as json (one object per line, on standard output).",
+        "text", parse_log_format, entry_points=("membio-https", "membio-tls"),
+    ),
 )
 
 _BY_NAME: Final[Mapping[str, Setting]] = {row.name: row for row in SETTINGS}
@@ -322,6 +337,8 @@ class TLSSettings:
     reload_interval: float | None = DEFAULT_POLL_INTERVAL
     backlog: int | None = None
     plain_http: PlainHTTPPolicy | None = "explain"
+    metrics: str | None = None
+    log_format: Literal["text", "json"] = "text"
     spell: Callable[[str], str] = field(default=flag_of, compare=False, repr=False)
 
     @property
