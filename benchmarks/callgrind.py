@@ -53,6 +53,25 @@ from benchmarks.endtoend import BenchmarkError, Files, Pinning, Server, ServerKi
 
 DEFAULT_SERVERS = ("twisted", "ours", "twisted-tcp", "asyncio", "asyncio-tcp")
 
+#: Ours with ``/metrics`` on (``--servers ours,ours-metrics``): what the ``metrics=``
+#: setting costs per request and per connection through an entry point (the
+#: ``membio:`` endpoint, as "ours"), nobody scraping during the windows.
+OURS_METRICS = ServerKind(
+    "ours-metrics",
+    True,
+    "twistd web --listen membio:...:metrics=tcp\\:0",
+    lambda port, f: [
+        "web",
+        "--listen",
+        f"membio:{port}:interface=127.0.0.1:certKey={f.cert}:privateKey={f.key}"
+        ":metrics=tcp\\:0\\:interface=127.0.0.1",
+        "--path",
+        str(f.www),
+    ],
+    # As "ours": the one-ticket setting, so that the difference is what metrics cost.
+    env=stacks.one_ticket_env,
+)
+
 
 @dataclass(frozen=True)
 class Window:
@@ -77,7 +96,9 @@ def _all_stacks() -> list[stacks.Stack]:
 
 
 def _kinds() -> dict[str, ServerKind]:
-    return {k.name: k for k in stacks.server_kinds(_all_stacks())}
+    kinds = {k.name: k for k in stacks.server_kinds(_all_stacks())}
+    kinds[OURS_METRICS.name] = OURS_METRICS
+    return kinds
 
 
 class Callgrind:

@@ -17,6 +17,7 @@ policy says so), and ``tls_failure_reason`` finds them again.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
@@ -96,6 +97,7 @@ class FailureReports:
             peer=self._peer_text(),
             reason=error.reason,
             event_name="tls_handshake_failed",
+            **self._where(),
         )
         _forget_tracebacks(error)
         if self._reason is None:
@@ -117,6 +119,7 @@ class FailureReports:
                 peer=self._peer_text(),
                 reason=reason,
                 event_name="tls_handshake_failed",
+                **self._where(),
             )
         if self._reason is None:
             self._reason = Failure(error)
@@ -141,6 +144,23 @@ class FailureReports:
             # far as TCP knows, but TLS never finished.
             return Failure(ConnectionLost("TLS connection abandoned before its close_notify"))
         return reason
+
+    def _where(self) -> dict[str, Any]:
+        """
+        The listener (our address) and the server name the client asked
+        for, when known: fields of the log line for JSON logs, not words of
+        the text line.  Only on the way out of a failed handshake.
+        """
+        where: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            where["listener"] = format_address(self.transport.getHost())
+        try:
+            name = self._engine.connection.get_servername()
+        except Exception:
+            name = None
+        if name:
+            where["server_name"] = name.decode("ascii", "replace")
+        return where
 
     def _peer_text(self) -> str:
         try:
