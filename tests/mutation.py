@@ -53,6 +53,18 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
+#: The in-memory test files of the Twisted transport: the parity suite
+#: (ours against Twisted's), the transport's own rules, the server
+#: policies, the pinned defaults, buffer reclaim, startTLS, the drop-in
+#: behaviour of the bare factory, callback errors and the counters the
+#: transport keeps (the last has two tests over loopback TCP and one
+#: fork(), both fast).
+_TRANSPORT_TESTS = (
+    "tests/test_parity.py", "tests/test_transport.py", "tests/test_server_policies.py",
+    "tests/test_defaults.py", "tests/test_reclaim.py", "tests/test_starttls.py",
+    "tests/test_dropin.py", "tests/test_callback_errors.py", "tests/test_observe_metrics.py",
+)
+
 #: Module to mutate -> the in-memory test files that defend it, fastest
 #: killers first (pytest -x stops at the first failure).  A later layout
 #: moves these files: only this table changes.
@@ -60,17 +72,21 @@ MODULES: dict[str, tuple[str, ...]] = {
     "membio_transport/tls/_state.py": ("tests/test_state.py", "tests/test_engine.py"),
     "membio_transport/tls/_engine.py": (
         "tests/test_state.py", "tests/test_engine.py", "tests/test_defaults.py",
-        "tests/test_reclaim.py", "tests/test_parity.py",
+        "tests/test_reclaim.py", "tests/test_parity.py", "tests/test_callback_errors.py",
     ),
     "membio_transport/tls/_record_io.py": ("tests/test_engine.py", "tests/test_reclaim.py"),
-    # The transport class and the four pieces it is made of (issue #11 split
-    # the old _protocol.py): the same tests defend all five.
+    # What a callback raises during a handshake, captured for the engine.
+    "membio_transport/tls/_callbacks.py": (
+        "tests/test_callback_errors.py", "tests/test_engine.py",
+    ),
+    # The transport class, the four pieces it is made of (issue #11 split
+    # the old _protocol.py), the reasons its log lines give and the
+    # factory's policies (issue #10): the same tests defend all of them.
     **{
-        f"membio_transport/tls/{name}.py": (
-            "tests/test_parity.py", "tests/test_transport.py", "tests/test_server_policies.py",
-            "tests/test_defaults.py", "tests/test_reclaim.py", "tests/test_starttls.py",
+        f"membio_transport/tls/{name}.py": _TRANSPORT_TESTS
+        for name in (
+            "_protocol", "_aggregate", "_timers", "_sniff", "_failures", "_reasons", "_policy",
         )
-        for name in ("_protocol", "_aggregate", "_timers", "_sniff", "_failures")
     },
 }
 
