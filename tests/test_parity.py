@@ -156,6 +156,13 @@ class _BlackHole(protocol.Protocol):
         pass
 
 
+class _ClosesAtOnce(App):
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
 @implementer(IPushProducer)
 class Recorder:
     def __init__(self) -> None:
@@ -322,6 +329,27 @@ class ParityTests:
         pair.flush()
         assert len(pair.server.received) == 16384
         assert pair.server.lost is not None
+
+    def test_lose_connection_before_the_handshake_is_connection_lost_on_both_sides(
+        self,
+    ) -> None:
+        """
+        Closed before the handshake could complete, the session never had a
+        TLS end: the side that closed sees ConnectionLost as well as its
+        peer, though its own transport closed cleanly.
+        """
+        for closing in ("client", "server"):
+            apps: dict[str, App] = {closing: _ClosesAtOnce()}
+            pair = connect(
+                self.flavour, server_app=apps.get("server"), client_app=apps.get("client")
+            )
+            pair.clock.advance(60)
+            pair.flush()
+            for side in (pair.client, pair.server):
+                assert side.handshakes == 0, closing
+                assert side.lost is not None and side.lost.check(ConnectionLost), (
+                    closing, side.lost,
+                )
 
     def test_eof_without_close_notify_is_reported_as_connection_lost(self) -> None:
         pair = connect(self.flavour)
