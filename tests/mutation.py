@@ -275,6 +275,10 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     (_PRO, "self._busy = False", "self._busy = True",
      "makeConnection sets it, and clears it, before anything reads it"),
     (_PRO, "self.connected = 1", "self.connected = 2", "only its truth is ever read"),
+    (_PRO + ":_handshake_completed", "self._half_close_pending = False",
+     "self._half_close_pending = True",
+     "read only here, when the handshake completes, which happens once per connection: the "
+     "engine reports HANDSHAKE_COMPLETE only on leaving HANDSHAKING, which it never enters again"),
     (_PRO, "self._resume_pending = False", "self._resume_pending = True",
      "with nothing to deliver, the _process that flag asks for only flushes, as _flush does"),
     (_PRO, "break", "continue",
