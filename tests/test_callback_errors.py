@@ -118,6 +118,17 @@ def test_a_raising_callback_fails_the_engine_once_with_the_original_exception(
     assert "Oops" not in capsys.readouterr().err
 
 
+def test_writes_held_for_the_handshake_are_dropped_when_a_callback_fails_it() -> None:
+    """Nothing waits to be sent for a connection that failed: the buffer is empty."""
+    client, server = _engines("verify")  # the client's own callback raises
+    client.engine.send(b"early" * 100)
+    assert client.engine.buffered == 500
+    with pytest.raises(TLSCallbackError):
+        pump(client, server)
+    assert client.engine.state is TLSState.FAILED
+    assert client.engine.buffered == 0
+
+
 def test_a_callback_that_abandons_the_session_is_obeyed_when_the_step_returns() -> None:
     """Twisted's SNI callback calls abortConnection when its lookup raises."""
     from membio_transport import TLSEngine
