@@ -41,6 +41,7 @@ from membio_transport import (
     TLSCallbackError,
     TLSState,
     TLSStateError,
+    tls_failure_reason,
 )
 from membio_transport.tls._callbacks import Capture
 
@@ -248,6 +249,24 @@ def test_both_sides_see_connection_lost_and_the_error_is_logged_once_with_its_me
     )
     failed = cp if kind == "verify" else sp
     assert failed.factory.stats.failed == {"Oops in a TLS callback": 1}
+
+
+@pytest.mark.parametrize("kind", sorted(CALLBACKS))
+def test_the_failed_sides_connection_lost_says_what_the_callback_raised(
+    kind: str, log_events: list[LogEvent]
+) -> None:
+    """
+    The application whose callback raised learns why from the reason
+    ``connectionLost`` receives, in the log line's words: not just that
+    the session was abandoned.
+    """
+    server_ctx, client_ctx = _contexts(kind)
+    server, client, _, _ = _pair(_Creator(server_ctx), _Creator(client_ctx, b"boom.test"))
+    failed = client if kind == "verify" else server
+    assert failed.lost is not None and type(failed.lost.value) is ConnectionLost
+    assert tls_failure_reason(failed.lost) == (
+        "no server certificate for name b'boom.test' (Oops in a TLS callback)"
+    )
 
 
 def test_twisteds_sni_lookup_that_raises_aborts_without_a_crash(
