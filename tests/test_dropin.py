@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from OpenSSL import SSL
 from twisted.internet import protocol
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -195,6 +195,8 @@ def test_our_own_failures_keep_their_type_and_words() -> None:
         (ConnectionDone(), "Connection was closed cleanly"),
         (ConnectionLost(), "Connection to the other side was lost in a non-clean fashion"),
         (ConnectionLost("peer vanished"), "peer vanished"),
+        # Twisted's own words (its str()); its docstring's first line stops mid-sentence.
+        (ConnectionAborted(), "Connection was aborted locally using ITCPTransport.abortConnection"),
         (SSL.SysCallError(-1, "Unexpected EOF"), "Unexpected EOF"),
         (ValueError("odd"), "odd"),
         (KeyError(), "KeyError"),
