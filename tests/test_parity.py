@@ -17,7 +17,7 @@ from typing import Any
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import protocol
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
@@ -329,6 +329,17 @@ class ParityTests:
         pair.flush()
         assert len(pair.server.received) == 16384
         assert pair.server.lost is not None
+
+    def test_the_aborting_side_gets_the_transports_own_reason(self) -> None:
+        """
+        After abortConnection the application learns what the transport
+        reports (TCP's ConnectionAborted), not a reason made up above it.
+        """
+        pair = connect(self.flavour)
+        pair.server_io.disconnectReason = ConnectionAborted()  # what TCP says after an abort
+        pair.server.transport.abortConnection()  # type: ignore[union-attr]
+        pair.flush()
+        assert pair.server.lost is not None and type(pair.server.lost.value) is ConnectionAborted
 
     def test_lose_connection_before_the_handshake_is_connection_lost_on_both_sides(
         self,
