@@ -21,7 +21,13 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
-from membio_transport import HARDENED, MemoryBIOTLSFactory, TLSHandshakeError, TLSStats
+from membio_transport import (
+    HARDENED,
+    MemoryBIOTLSFactory,
+    TLSHandshakeError,
+    TLSStats,
+    tls_failure_reason,
+)
 from membio_transport.tls._sniff import Preamble, answer_plain_http, classify
 
 from ._pki import make_pki
@@ -128,6 +134,27 @@ def test_a_malformed_tls_record_gets_an_alert_before_the_close() -> None:
     tls.dataReceived(b"\x16\x03\x01\x00\x04\xff\xff\xff\xff")
     assert transport.value()[:1] == b"\x15"
     assert transport.disconnecting
+
+
+@pytest.mark.parametrize(
+    ("first", "alert"),
+    [(19, False), (20, True), (21, True), (23, True), (24, True), (25, False)],
+)
+def test_every_tls_content_type_goes_to_openssl_and_nothing_next_to_them(
+    first: int, alert: bool
+) -> None:
+    """
+    A record of any TLS content type, change_cipher_spec (20) to heartbeat
+    (24), gets OpenSSL's verdict (an alert); a byte just outside that range
+    is not TLS: closed at once, without a word.
+    """
+    tls, app, transport, _ = server_on_string_transport()
+    tls.dataReceived(bytes([first, 3, 3, 0, 2, 1, 0]))
+    assert transport.disconnecting
+    assert transport.value()[:1] == (b"\x15" if alert else b"")
+    tls.connectionLost(None)
+    assert app.lost is not None
+    assert (tls_failure_reason(app.lost) == "not TLS") is not alert
 
 
 def test_with_sniffing_off_every_byte_goes_to_openssl() -> None:
