@@ -57,8 +57,8 @@ REPO = Path(__file__).resolve().parent.parent
 #: (ours against Twisted's), the transport's own rules, the server
 #: policies, the pinned defaults, buffer reclaim, startTLS, the drop-in
 #: behaviour of the bare factory, callback errors and the counters the
-#: transport keeps (the last has two tests over loopback TCP and one
-#: fork(), both fast).
+#: transport keeps (one of its tests serves /metrics over loopback TCP
+#: and one forks, both quick).
 _TRANSPORT_TESTS = (
     "tests/test_parity.py", "tests/test_transport.py", "tests/test_server_policies.py",
     "tests/test_defaults.py", "tests/test_reclaim.py", "tests/test_starttls.py",
