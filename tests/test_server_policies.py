@@ -100,6 +100,23 @@ def test_plain_http_can_be_redirected_instead() -> None:
     assert b"Location: https://example.test:8443/x\r\n" in response
 
 
+@pytest.mark.parametrize("name", ["redirect", "close"])
+def test_a_policy_read_at_run_time_is_obeyed_like_the_literal(name: str) -> None:
+    """
+    From a command line or an endpoint string the policy is a string made
+    at run time, equal to the literal in our code but not the same object.
+    """
+    policy = name.encode().decode()
+    assert policy == name and policy is not name
+    tls, _app, transport, _ = server_on_string_transport(plain_http=policy)
+    tls.dataReceived(b"GET /x HTTP/1.1\r\nHost: example.test\r\n\r\n")
+    assert transport.disconnecting
+    if name == "redirect":
+        assert transport.value().startswith(b"HTTP/1.1 301 Moved Permanently\r\n")
+    else:
+        assert transport.value() == b""
+
+
 def test_an_http_method_split_across_reads_is_still_recognised() -> None:
     tls, _app, transport, _ = server_on_string_transport()
     tls.dataReceived(b"PO")
@@ -358,3 +375,22 @@ def test_the_https_url_keeps_the_dialled_port_or_names_ours(host: bytes, url: st
         b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n", "explain", "127.0.0.1", 8443
     )
     assert got == url
+
+
+def test_the_host_header_is_found_among_the_others() -> None:
+    """Whatever headers come before it, and however its name is cased."""
+    _response, url = answer_plain_http(
+        b"GET /p HTTP/1.1\r\nAccept: */*\r\nConnection: keep-alive\r\n"
+        b"hOST: example.test:8080\r\nUser-Agent: x\r\n\r\n",
+        "explain", "127.0.0.1", 8443,
+    )
+    assert url == "https://example.test:8080/p"
+
+
+@pytest.mark.parametrize("port", [442, 443, 444])
+@pytest.mark.parametrize("host", [None, b"example.test"])
+def test_the_https_url_names_every_port_but_443(host: bytes | None, port: int) -> None:
+    request = b"GET / HTTP/1.1\r\n" + (b"Host: " + host + b"\r\n" if host else b"") + b"\r\n"
+    _response, url = answer_plain_http(request, "explain", "127.0.0.1", port)
+    name = host.decode() if host else "127.0.0.1"
+    assert url == (f"https://{name}/" if port == 443 else f"https://{name}:{port}/")
