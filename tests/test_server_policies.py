@@ -189,6 +189,13 @@ def test_with_sniffing_off_every_byte_goes_to_openssl() -> None:
     [
         (b"\x16", Preamble.TLS),
         (b"\x80\x2e\x01", Preamble.TLS),
+        # The edges: record types 20 to 24; SSLv2's high bit, whatever the length.
+        (b"\x13", Preamble.GARBAGE),
+        (b"\x14", Preamble.TLS),
+        (b"\x18", Preamble.TLS),
+        (b"\x19", Preamble.GARBAGE),
+        (b"\x7f", Preamble.GARBAGE),
+        (b"\xff\xff\x01", Preamble.TLS),
         (b"G", Preamble.UNDECIDED),
         (b"GET ", Preamble.HTTP),
         (b"OPTIONS * HTTP/1.1", Preamble.HTTP),
