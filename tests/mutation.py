@@ -314,6 +314,11 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     (_SNF + ":_request_parts", 'head = request.split(b"\\r\\n\\r\\n", 1)[0]',
      'head = request.split(b"\\r\\n\\r\\n", 2)[0]',
      "what comes before the first blank line is the same whatever the split's limit"),
+    (_SNF + ":answer_plain_http", 'if policy == "redirect":', 'if policy >= "redirect":',
+     "of the three policies the factory accepts (close, explain, redirect) only redirect "
+     "sorts at or after itself"),
+    (_SNF, "frozenset(range(0x80, 0x100))", "frozenset(range(0x80, 257))",
+     "a byte is never above 255"),
     (_SNF + ":_request_parts", "for line in lines[1:]:", "for line in lines[ 0:]:",
      "the request line starts with a method (classify made sure), so it never reads as a "
      "Host header"),

@@ -387,11 +387,48 @@ def test_the_https_url_keeps_the_dialled_port_or_names_ours(host: bytes, url: st
 def test_the_host_header_is_found_among_the_others() -> None:
     """Whatever headers come before it, and however its name is cased."""
     _response, url = answer_plain_http(
-        b"GET /p HTTP/1.1\r\nAccept: */*\r\nConnection: keep-alive\r\n"
-        b"hOST: example.test:8080\r\nUser-Agent: x\r\n\r\n",
+        b"GET /p HTTP/1.1\r\nAccept: */*\r\nUser-Agent: x\r\nConnection: keep-alive\r\n"
+        b"hOST: example.test:8080\r\nX-Other: y\r\n\r\n",
         "explain", "127.0.0.1", 8443,
     )
     assert url == "https://example.test:8080/p"
+
+
+def test_only_the_first_host_header_counts_and_never_one_in_the_body() -> None:
+    _response, url = answer_plain_http(
+        b"GET / HTTP/1.1\r\nHost: first.test\r\nHost: second.test\r\n\r\n",
+        "explain", "127.0.0.1", 8443,
+    )
+    assert url == "https://first.test:8443/"
+    _response, url = answer_plain_http(
+        b"GET / HTTP/1.1\r\nHost: not a name\r\nHost: second.test\r\n\r\n",
+        "explain", "127.0.0.1", 8443,
+    )
+    assert url == "https://127.0.0.1:8443/", "an unusable first Host means our own address"
+    _response, url = answer_plain_http(
+        b"POST /f HTTP/1.1\r\nContent-Length: 17\r\n\r\nHost: evil.test\r\n\r\n",
+        "explain", "127.0.0.1", 8443,
+    )
+    assert url == "https://127.0.0.1:8443/f"
+
+
+@pytest.mark.parametrize(
+    ("request_line", "path"),
+    [
+        (b"GET /p?q=1 HTTP/1.1", "/p?q=1"),
+        (b"GET /p", "/p"),  # HTTP/0.9: no version
+        (b"GET http://evil.test/x HTTP/1.1", "/"),  # absolute form: not echoed
+        (b"GET /a\x7fb HTTP/1.1", "/"),
+        (b"OPTIONS * HTTP/1.1", "/"),
+    ],
+)
+def test_the_request_path_is_kept_only_when_it_is_a_plain_absolute_path(
+    request_line: bytes, path: str
+) -> None:
+    _response, url = answer_plain_http(
+        request_line + b"\r\nHost: example.test\r\n\r\n", "explain", "127.0.0.1", 8443
+    )
+    assert url == f"https://example.test:8443{path}"
 
 
 @pytest.mark.parametrize("port", [442, 443, 444])
