@@ -317,6 +317,9 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     (_SNF + ":answer_plain_http", 'if policy == "redirect":', 'if policy >= "redirect":',
      "of the three policies the factory accepts (close, explain, redirect) only redirect "
      "sorts at or after itself"),
+    (_SNF + ":_request_parts", "if len(parts) >= 2 and", "if len(parts) >= 1 and",
+     "the request line holds the space after its method (classify made sure): it always "
+     "splits in two parts at least"),
     (_SNF, "frozenset(range(0x80, 0x100))", "frozenset(range(0x80, 257))",
      "a byte is never above 255"),
     (_SNF + ":_request_parts", "for line in lines[1:]:", "for line in lines[ 0:]:",
