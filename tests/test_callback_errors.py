@@ -11,6 +11,7 @@ the failure's log line keeps the callback's own message.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import sys
 import threading
@@ -127,6 +128,58 @@ def test_writes_held_for_the_handshake_are_dropped_when_a_callback_fails_it() ->
     with pytest.raises(TLSCallbackError):
         pump(client, server)
     assert client.engine.state is TLSState.FAILED
+    assert client.engine.buffered == 0
+
+
+@pytest.mark.parametrize("direct_io", [True, False], ids=["direct", "public"])
+def test_a_callback_raising_in_a_renegotiation_that_a_write_drives_fails_the_engine(
+    direct_io: bool,
+) -> None:
+    """
+    A TLS 1.2 server renegotiates; its new flight arrives and the client's
+    next write, not a read, carries the handshake on: the verify callback
+    raises inside that write.  The engine fails once, as during the first
+    handshake, with the original exception kept.
+    """
+    from membio_transport import TLSEngine
+
+    from .test_engine import _shuttle
+
+    verifications: list[int] = []
+
+    def verify(*args: Any) -> bool:
+        verifications.append(args[-2])  # depth
+        if len(verifications) > 2:  # the chain's two certificates, the first time
+            raise Oops("renegotiated certificate refused")
+        return bool(args[-1])
+
+    client_ctx = PKI_.client_context(SSL.TLS1_2_VERSION)
+    client_ctx.set_verify(SSL.VERIFY_PEER, verify)
+    client_conn = SSL.Connection(client_ctx, None)
+    client_conn.set_connect_state()
+    client = Side(TLSEngine(client_conn, server_side=False, direct_io=direct_io))
+    server_ctx = PKI_.server_context(SSL.TLS1_2_VERSION)
+    # No resumption: the renegotiation is a full handshake, with a certificate.
+    server_ctx.set_options(SSL.OP_NO_TICKET)
+    server_ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    server = SSL.Connection(server_ctx, None)
+    server.set_accept_state()
+    _shuttle(client, server, bytearray())
+    assert client.engine.state is TLSState.OPEN and len(verifications) == 2
+    assert server.renegotiate()
+    with contextlib.suppress(SSL.WantReadError):
+        server.do_handshake()
+    client.engine.receive(server.bio_read(1 << 20))  # HelloRequest
+    client.drain_events()  # the client answers with its ClientHello
+    server.bio_write(client.engine.data_to_send())
+    with contextlib.suppress(SSL.WantReadError):
+        server.recv(65536)  # the server reads the ClientHello and answers
+    client.engine.receive(server.bio_read(1 << 20))  # ServerHello, Certificate...
+    with pytest.raises(TLSCallbackError) as info:
+        client.engine.send(b"after the new handshake")
+    assert type(info.value.error) is Oops
+    assert client.engine.state is TLSState.FAILED
+    assert client.engine.error is info.value
     assert client.engine.buffered == 0
 
 
