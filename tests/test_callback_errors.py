@@ -131,14 +131,15 @@ def test_writes_held_for_the_handshake_are_dropped_when_a_callback_fails_it() ->
     assert client.engine.buffered == 0
 
 
+@pytest.mark.parametrize("drive", ["write", "read"])
 @pytest.mark.parametrize("direct_io", [True, False], ids=["direct", "public"])
-def test_a_callback_raising_in_a_renegotiation_that_a_write_drives_fails_the_engine(
-    direct_io: bool,
+def test_a_callback_raising_in_a_renegotiation_fails_the_engine(
+    direct_io: bool, drive: str
 ) -> None:
     """
     A TLS 1.2 server renegotiates; its new flight arrives and the client's
-    next write, not a read, carries the handshake on: the verify callback
-    raises inside that write.  The engine fails once, as during the first
+    next write or read carries the handshake on: the verify callback raises
+    inside that call.  The engine fails once, as during the first
     handshake, with the original exception kept.
     """
     from membio_transport import TLSEngine
@@ -176,7 +177,10 @@ def test_a_callback_raising_in_a_renegotiation_that_a_write_drives_fails_the_eng
         server.recv(65536)  # the server reads the ClientHello and answers
     client.engine.receive(server.bio_read(1 << 20))  # ServerHello, Certificate...
     with pytest.raises(TLSCallbackError) as info:
-        client.engine.send(b"after the new handshake")
+        if drive == "write":
+            client.engine.send(b"after the new handshake")
+        else:
+            client.drain_events()
     assert type(info.value.error) is Oops
     assert client.engine.state is TLSState.FAILED
     assert client.engine.error is info.value
