@@ -235,6 +235,9 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
      "the binding has both functions and every connection a handle"),
     (_ENG, "if code == 0:", "if code < 0:", "verify results are never negative"),
     (_ENG, "if code == 0:", "if code == -1:", "verify results are never negative"),
+    (_ENG + ":_handshake_step", "self._abort_requested = False", "self._abort_requested = True",
+     "only a handshake step reads the flag, and after this one the engine has failed or been "
+     "abandoned: it takes no other"),
     # -- protocol
     (_AGG, "_COALESCE_LIMIT: Final = 16384", "_COALESCE_LIMIT: Final = 16385",
      "a write of exactly 16 KiB joins the batch instead of going alone: " + _PERF),

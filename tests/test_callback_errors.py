@@ -120,6 +120,34 @@ def test_a_raising_callback_fails_the_engine_once_with_the_original_exception(
     assert "Oops" not in capsys.readouterr().err
 
 
+def test_of_several_exceptions_in_one_handshake_step_the_first_is_kept() -> None:
+    """
+    The info callback runs many times per step and raises each time: the
+    engine reports the first exception, the cause, not what followed it.
+    """
+    from membio_transport import TLSEngine
+
+    calls: list[int] = []
+
+    def info(*args: Any) -> None:
+        calls.append(len(calls) + 1)
+        raise Oops(f"call {len(calls)}")
+
+    server_ctx = PKI_.server_context()
+    server_ctx.set_info_callback(info)
+    server_conn = SSL.Connection(server_ctx, None)
+    server_conn.set_accept_state()
+    client_conn = SSL.Connection(PKI_.client_context(), None)
+    client_conn.set_connect_state()
+    client = Side(TLSEngine(client_conn, server_side=False))
+    server = Side(TLSEngine(server_conn, server_side=True))
+    with pytest.raises(TLSCallbackError) as info_:
+        pump(client, server)
+    assert len(calls) > 1, "several exceptions in the step"
+    assert info_.value.error.args == ("call 1",)
+    assert server.engine.error is info_.value
+
+
 def test_writes_held_for_the_handshake_are_dropped_when_a_callback_fails_it() -> None:
     """Nothing waits to be sent for a connection that failed: the buffer is empty."""
     client, server = _engines("verify")  # the client's own callback raises
