@@ -11,6 +11,7 @@ the failure's log line keeps the callback's own message.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import sys
 import threading
@@ -41,6 +42,7 @@ from membio_transport import (
     TLSCallbackError,
     TLSState,
     TLSStateError,
+    tls_failure_reason,
 )
 from membio_transport.tls._callbacks import Capture
 
@@ -116,6 +118,101 @@ def test_a_raising_callback_fails_the_engine_once_with_the_original_exception(
         failed.engine.next_event()
     # pyOpenSSL and cffi would have printed it to stderr: it was ours instead.
     assert "Oops" not in capsys.readouterr().err
+
+
+def test_of_several_exceptions_in_one_handshake_step_the_first_is_kept() -> None:
+    """
+    The info callback runs many times per step and raises each time: the
+    engine reports the first exception, the cause, not what followed it.
+    """
+    from membio_transport import TLSEngine
+
+    calls: list[int] = []
+
+    def info(*args: Any) -> None:
+        calls.append(len(calls) + 1)
+        raise Oops(f"call {len(calls)}")
+
+    server_ctx = PKI_.server_context()
+    server_ctx.set_info_callback(info)
+    server_conn = SSL.Connection(server_ctx, None)
+    server_conn.set_accept_state()
+    client_conn = SSL.Connection(PKI_.client_context(), None)
+    client_conn.set_connect_state()
+    client = Side(TLSEngine(client_conn, server_side=False))
+    server = Side(TLSEngine(server_conn, server_side=True))
+    with pytest.raises(TLSCallbackError) as info_:
+        pump(client, server)
+    assert len(calls) > 1, "several exceptions in the step"
+    assert info_.value.error.args == ("call 1",)
+    assert server.engine.error is info_.value
+
+
+def test_writes_held_for_the_handshake_are_dropped_when_a_callback_fails_it() -> None:
+    """Nothing waits to be sent for a connection that failed: the buffer is empty."""
+    client, server = _engines("verify")  # the client's own callback raises
+    client.engine.send(b"early" * 100)
+    assert client.engine.buffered == 500
+    with pytest.raises(TLSCallbackError):
+        pump(client, server)
+    assert client.engine.state is TLSState.FAILED
+    assert client.engine.buffered == 0
+
+
+@pytest.mark.parametrize("drive", ["write", "read"])
+@pytest.mark.parametrize("direct_io", [True, False], ids=["direct", "public"])
+def test_a_callback_raising_in_a_renegotiation_fails_the_engine(
+    direct_io: bool, drive: str
+) -> None:
+    """
+    A TLS 1.2 server renegotiates; its new flight arrives and the client's
+    next write or read carries the handshake on: the verify callback raises
+    inside that call.  The engine fails once, as during the first
+    handshake, with the original exception kept.
+    """
+    from membio_transport import TLSEngine
+
+    from .test_engine import _shuttle
+
+    verifications: list[int] = []
+
+    def verify(*args: Any) -> bool:
+        verifications.append(args[-2])  # depth
+        if len(verifications) > 2:  # the chain's two certificates, the first time
+            raise Oops("renegotiated certificate refused")
+        return bool(args[-1])
+
+    client_ctx = PKI_.client_context(SSL.TLS1_2_VERSION)
+    client_ctx.set_verify(SSL.VERIFY_PEER, verify)
+    client_conn = SSL.Connection(client_ctx, None)
+    client_conn.set_connect_state()
+    client = Side(TLSEngine(client_conn, server_side=False, direct_io=direct_io))
+    server_ctx = PKI_.server_context(SSL.TLS1_2_VERSION)
+    # No resumption: the renegotiation is a full handshake, with a certificate.
+    server_ctx.set_options(SSL.OP_NO_TICKET)
+    server_ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    server = SSL.Connection(server_ctx, None)
+    server.set_accept_state()
+    _shuttle(client, server, bytearray())
+    assert client.engine.state is TLSState.OPEN and len(verifications) == 2
+    assert server.renegotiate()
+    with contextlib.suppress(SSL.WantReadError):
+        server.do_handshake()
+    client.engine.receive(server.bio_read(1 << 20))  # HelloRequest
+    client.drain_events()  # the client answers with its ClientHello
+    server.bio_write(client.engine.data_to_send())
+    with contextlib.suppress(SSL.WantReadError):
+        server.recv(65536)  # the server reads the ClientHello and answers
+    client.engine.receive(server.bio_read(1 << 20))  # ServerHello, Certificate...
+    with pytest.raises(TLSCallbackError) as info:
+        if drive == "write":
+            client.engine.send(b"after the new handshake")
+        else:
+            client.drain_events()
+    assert type(info.value.error) is Oops
+    assert client.engine.state is TLSState.FAILED
+    assert client.engine.error is info.value
+    assert client.engine.buffered == 0
 
 
 def test_a_callback_that_abandons_the_session_is_obeyed_when_the_step_returns() -> None:
@@ -237,6 +334,24 @@ def test_both_sides_see_connection_lost_and_the_error_is_logged_once_with_its_me
     )
     failed = cp if kind == "verify" else sp
     assert failed.factory.stats.failed == {"Oops in a TLS callback": 1}
+
+
+@pytest.mark.parametrize("kind", sorted(CALLBACKS))
+def test_the_failed_sides_connection_lost_says_what_the_callback_raised(
+    kind: str, log_events: list[LogEvent]
+) -> None:
+    """
+    The application whose callback raised learns why from the reason
+    ``connectionLost`` receives, in the log line's words: not just that
+    the session was abandoned.
+    """
+    server_ctx, client_ctx = _contexts(kind)
+    server, client, _, _ = _pair(_Creator(server_ctx), _Creator(client_ctx, b"boom.test"))
+    failed = client if kind == "verify" else server
+    assert failed.lost is not None and type(failed.lost.value) is ConnectionLost
+    assert tls_failure_reason(failed.lost) == (
+        "no server certificate for name b'boom.test' (Oops in a TLS callback)"
+    )
 
 
 def test_twisteds_sni_lookup_that_raises_aborts_without_a_crash(

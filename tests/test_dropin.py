@@ -9,6 +9,7 @@ contrast, get the hardened policy.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from OpenSSL import SSL
 from twisted.internet import protocol
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -68,6 +69,19 @@ def test_the_hardened_policy_is_one_object_of_keywords() -> None:
     )
     assert _policy_of(factory) == HARDENED.keywords()
     assert HARDENED.handshake_timeout == 10.0 and HARDENED.plain_http == "explain"
+
+
+def test_the_shared_policies_cannot_be_changed_in_place() -> None:
+    """
+    Every factory and entry point reads `TWISTED` or `HARDENED`: a program
+    wanting another policy makes its own, it cannot change one for all.
+    """
+    for policy in (TWISTED, HARDENED):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(policy, "handshake_timeout", 1.0)  # noqa: B010
+    custom = dataclasses.replace(HARDENED, handshake_timeout=30.0)
+    assert custom.keywords() == {**HARDENED.keywords(), "handshake_timeout": 30.0}
+    assert HARDENED.handshake_timeout == 10.0 and TWISTED.handshake_timeout is None
 
 
 def test_server_tls_options_ask_for_the_hardened_policy_and_keywords_still_win() -> None:
@@ -195,6 +209,8 @@ def test_our_own_failures_keep_their_type_and_words() -> None:
         (ConnectionDone(), "Connection was closed cleanly"),
         (ConnectionLost(), "Connection to the other side was lost in a non-clean fashion"),
         (ConnectionLost("peer vanished"), "peer vanished"),
+        # Twisted's own words (its str()); its docstring's first line stops mid-sentence.
+        (ConnectionAborted(), "Connection was aborted locally using ITCPTransport.abortConnection"),
         (SSL.SysCallError(-1, "Unexpected EOF"), "Unexpected EOF"),
         (ValueError("odd"), "odd"),
         (KeyError(), "KeyError"),

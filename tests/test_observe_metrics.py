@@ -208,6 +208,40 @@ def test_handshakes_before_details_were_on_count_as_unknown() -> None:
     ) == 7
 
 
+def test_a_handshake_under_way_when_details_are_installed_is_not_timed() -> None:
+    """
+    Its start was never read from the details' clock: it counts among the
+    handshakes without details, not as one that took the clock's reading.
+    """
+    stats = TLSStats()
+    server = Server(stats)
+    client = MemoryBIOTLSFactory(
+        client_options(PKI), True, protocol.Factory.forProtocol(App), server.clock
+    )
+    sp, cp = server.factory.buildProtocol(None), client.buildProtocol(None)
+    pump = iosim.connect(
+        sp, iosim.makeFakeServer(sp), cp, iosim.makeFakeClient(cp), greet=False,
+        clock=server.clock,
+    )
+    assert stats.connections == 1 and stats.handshakes == 0
+    sources = MetricSources()
+    sources.add_tls(stats)  # an exporter added while the handshake is under way
+    pump.flush()
+    assert stats.handshakes == 1
+    found = samples(sources)
+    assert value(found, "membio_tls_handshake_duration_seconds_count") == 0
+    assert value(found, "membio_tls_handshake_duration_seconds_sum") == 0
+    assert value(
+        found, "membio_tls_handshakes_total", version="unknown", cipher="unknown",
+        group="unknown",
+    ) == 1
+    # The next connection starts with details on: timed and labelled.
+    server.handshake(client_options(PKI))
+    found = samples(sources)
+    assert value(found, "membio_tls_handshake_duration_seconds_count") == 1
+    assert 0 <= value(found, "membio_tls_handshake_duration_seconds_sum") < 5
+
+
 def test_details_cost_nothing_until_an_exporter_asks() -> None:
     assert TLSStats().detail is None
     stats = TLSStats()

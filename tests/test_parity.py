@@ -17,7 +17,7 @@ from typing import Any
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import protocol
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
@@ -154,6 +154,13 @@ def echo(app: App, data: bytes) -> None:
 class _BlackHole(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         pass
+
+
+class _ClosesAtOnce(App):
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        assert self.transport is not None
+        self.transport.loseConnection()
 
 
 @implementer(IPushProducer)
@@ -322,6 +329,38 @@ class ParityTests:
         pair.flush()
         assert len(pair.server.received) == 16384
         assert pair.server.lost is not None
+
+    def test_the_aborting_side_gets_the_transports_own_reason(self) -> None:
+        """
+        After abortConnection the application learns what the transport
+        reports (TCP's ConnectionAborted), not a reason made up above it.
+        """
+        pair = connect(self.flavour)
+        pair.server_io.disconnectReason = ConnectionAborted()  # what TCP says after an abort
+        pair.server.transport.abortConnection()  # type: ignore[union-attr]
+        pair.flush()
+        assert pair.server.lost is not None and type(pair.server.lost.value) is ConnectionAborted
+
+    def test_lose_connection_before_the_handshake_is_connection_lost_on_both_sides(
+        self,
+    ) -> None:
+        """
+        Closed before the handshake could complete, the session never had a
+        TLS end: the side that closed sees ConnectionLost as well as its
+        peer, though its own transport closed cleanly.
+        """
+        for closing in ("client", "server"):
+            apps: dict[str, App] = {closing: _ClosesAtOnce()}
+            pair = connect(
+                self.flavour, server_app=apps.get("server"), client_app=apps.get("client")
+            )
+            pair.clock.advance(60)
+            pair.flush()
+            for side in (pair.client, pair.server):
+                assert side.handshakes == 0, closing
+                assert side.lost is not None and side.lost.check(ConnectionLost), (
+                    closing, side.lost,
+                )
 
     def test_eof_without_close_notify_is_reported_as_connection_lost(self) -> None:
         pair = connect(self.flavour)

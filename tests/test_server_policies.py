@@ -21,7 +21,13 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
-from membio_transport import HARDENED, MemoryBIOTLSFactory, TLSHandshakeError, TLSStats
+from membio_transport import (
+    HARDENED,
+    MemoryBIOTLSFactory,
+    TLSHandshakeError,
+    TLSStats,
+    tls_failure_reason,
+)
 from membio_transport.tls._sniff import Preamble, answer_plain_http, classify
 
 from ._pki import make_pki
@@ -94,6 +100,23 @@ def test_plain_http_can_be_redirected_instead() -> None:
     assert b"Location: https://example.test:8443/x\r\n" in response
 
 
+@pytest.mark.parametrize("name", ["redirect", "close"])
+def test_a_policy_read_at_run_time_is_obeyed_like_the_literal(name: str) -> None:
+    """
+    From a command line or an endpoint string the policy is a string made
+    at run time, equal to the literal in our code but not the same object.
+    """
+    policy = name.encode().decode()
+    assert policy == name and policy is not name
+    tls, _app, transport, _ = server_on_string_transport(plain_http=policy)
+    tls.dataReceived(b"GET /x HTTP/1.1\r\nHost: example.test\r\n\r\n")
+    assert transport.disconnecting
+    if name == "redirect":
+        assert transport.value().startswith(b"HTTP/1.1 301 Moved Permanently\r\n")
+    else:
+        assert transport.value() == b""
+
+
 def test_an_http_method_split_across_reads_is_still_recognised() -> None:
     tls, _app, transport, _ = server_on_string_transport()
     tls.dataReceived(b"PO")
@@ -130,6 +153,27 @@ def test_a_malformed_tls_record_gets_an_alert_before_the_close() -> None:
     assert transport.disconnecting
 
 
+@pytest.mark.parametrize(
+    ("first", "alert"),
+    [(19, False), (20, True), (21, True), (23, True), (24, True), (25, False)],
+)
+def test_every_tls_content_type_goes_to_openssl_and_nothing_next_to_them(
+    first: int, alert: bool
+) -> None:
+    """
+    A record of any TLS content type, change_cipher_spec (20) to heartbeat
+    (24), gets OpenSSL's verdict (an alert); a byte just outside that range
+    is not TLS: closed at once, without a word.
+    """
+    tls, app, transport, _ = server_on_string_transport()
+    tls.dataReceived(bytes([first, 3, 3, 0, 2, 1, 0]))
+    assert transport.disconnecting
+    assert transport.value()[:1] == (b"\x15" if alert else b"")
+    tls.connectionLost(None)
+    assert app.lost is not None
+    assert (tls_failure_reason(app.lost) == "not TLS") is not alert
+
+
 def test_with_sniffing_off_every_byte_goes_to_openssl() -> None:
     tls, app, transport, _ = server_on_string_transport(plain_http=None)
     tls.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
@@ -145,6 +189,13 @@ def test_with_sniffing_off_every_byte_goes_to_openssl() -> None:
     [
         (b"\x16", Preamble.TLS),
         (b"\x80\x2e\x01", Preamble.TLS),
+        # The edges: record types 20 to 24; SSLv2's high bit, whatever the length.
+        (b"\x13", Preamble.GARBAGE),
+        (b"\x14", Preamble.TLS),
+        (b"\x18", Preamble.TLS),
+        (b"\x19", Preamble.GARBAGE),
+        (b"\x7f", Preamble.GARBAGE),
+        (b"\xff\xff\x01", Preamble.TLS),
         (b"G", Preamble.UNDECIDED),
         (b"GET ", Preamble.HTTP),
         (b"OPTIONS * HTTP/1.1", Preamble.HTTP),
@@ -394,3 +445,59 @@ def test_the_https_url_keeps_the_dialled_port_or_names_ours(host: bytes, url: st
         b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n", "explain", "127.0.0.1", 8443
     )
     assert got == url
+
+
+def test_the_host_header_is_found_among_the_others() -> None:
+    """Whatever headers come before it, and however its name is cased."""
+    _response, url = answer_plain_http(
+        b"GET /p HTTP/1.1\r\nAccept: */*\r\nUser-Agent: x\r\nConnection: keep-alive\r\n"
+        b"hOST: example.test:8080\r\nX-Other: y\r\n\r\n",
+        "explain", "127.0.0.1", 8443,
+    )
+    assert url == "https://example.test:8080/p"
+
+
+def test_only_the_first_host_header_counts_and_never_one_in_the_body() -> None:
+    _response, url = answer_plain_http(
+        b"GET / HTTP/1.1\r\nHost: first.test\r\nHost: second.test\r\n\r\n",
+        "explain", "127.0.0.1", 8443,
+    )
+    assert url == "https://first.test:8443/"
+    _response, url = answer_plain_http(
+        b"GET / HTTP/1.1\r\nHost: not a name\r\nHost: second.test\r\n\r\n",
+        "explain", "127.0.0.1", 8443,
+    )
+    assert url == "https://127.0.0.1:8443/", "an unusable first Host means our own address"
+    _response, url = answer_plain_http(
+        b"POST /f HTTP/1.1\r\nContent-Length: 17\r\n\r\nHost: evil.test\r\n\r\n",
+        "explain", "127.0.0.1", 8443,
+    )
+    assert url == "https://127.0.0.1:8443/f"
+
+
+@pytest.mark.parametrize(
+    ("request_line", "path"),
+    [
+        (b"GET /p?q=1 HTTP/1.1", "/p?q=1"),
+        (b"GET /p", "/p"),  # HTTP/0.9: no version
+        (b"GET http://evil.test/x HTTP/1.1", "/"),  # absolute form: not echoed
+        (b"GET /a\x7fb HTTP/1.1", "/"),
+        (b"OPTIONS * HTTP/1.1", "/"),
+    ],
+)
+def test_the_request_path_is_kept_only_when_it_is_a_plain_absolute_path(
+    request_line: bytes, path: str
+) -> None:
+    _response, url = answer_plain_http(
+        request_line + b"\r\nHost: example.test\r\n\r\n", "explain", "127.0.0.1", 8443
+    )
+    assert url == f"https://example.test:8443{path}"
+
+
+@pytest.mark.parametrize("port", [442, 443, 444])
+@pytest.mark.parametrize("host", [None, b"example.test"])
+def test_the_https_url_names_every_port_but_443(host: bytes | None, port: int) -> None:
+    request = b"GET / HTTP/1.1\r\n" + (b"Host: " + host + b"\r\n" if host else b"") + b"\r\n"
+    _response, url = answer_plain_http(request, "explain", "127.0.0.1", port)
+    name = host.decode() if host else "127.0.0.1"
+    assert url == (f"https://{name}/" if port == 443 else f"https://{name}:{port}/")

@@ -113,8 +113,9 @@ class MemoryBIOTLSProtocol(
     #: The application half-closed during the handshake (see
     #: `loseWriteConnection`): done once the handshake completes.
     _half_close_pending = False
-    #: When the connection started, for ``stats.detail`` (set only with one).
-    _started = 0.0
+    #: When the connection started, for ``stats.detail`` (set only with one;
+    #: a handshake under way when the detail was installed is not timed).
+    _started: float | None = None
 
     def __init__(
         self,
@@ -241,7 +242,7 @@ class MemoryBIOTLSProtocol(
         stats.handshakes += 1
         if _session_reused(self._engine.connection):
             stats.resumed += 1
-        if stats.detail is not None:
+        if stats.detail is not None and self._started is not None:
             stats.detail.handshake_completed(self._engine.connection, self._started)
         if factory.idle_timeout is not None:
             self._start_idle_timer(factory.idle_timeout)

@@ -32,7 +32,7 @@ def tls_failure_reason(reason: Failure | BaseException) -> str:
     if isinstance(value, ConnectionClosed):
         if value.args:
             return " ".join(str(arg) for arg in value.args)
-        # Twisted's own text for these is the first line of the docstring.
-        doc = (type(value).__doc__ or "").strip()
-        return doc.splitlines()[0].rstrip(".") if doc else type(value).__name__
+        # Twisted's own text for these, without its full stop (not the
+        # docstring's first line: ConnectionAborted's stops mid-sentence).
+        return str(value).rstrip(".") or type(value).__name__
     return str(value) or type(value).__name__
