@@ -53,6 +53,25 @@ from benchmarks.endtoend import BenchmarkError, Files, Pinning, Server, ServerKi
 
 DEFAULT_SERVERS = ("twisted", "ours", "twisted-tcp", "asyncio", "asyncio-tcp")
 
+#: Ours with ``/metrics`` on (``--servers ours,ours-metrics``): what the ``metrics=``
+#: setting costs per request and per connection through an entry point (the
+#: ``membio:`` endpoint, as "ours"), nobody scraping during the windows.
+OURS_METRICS = ServerKind(
+    "ours-metrics",
+    True,
+    "twistd web --listen membio:...:metrics=tcp\\:0",
+    lambda port, f: [
+        "web",
+        "--listen",
+        f"membio:{port}:interface=127.0.0.1:certKey={f.cert}:privateKey={f.key}"
+        ":metrics=tcp\\:0\\:interface=127.0.0.1",
+        "--path",
+        str(f.www),
+    ],
+    # As "ours": the one-ticket setting, so that the difference is what metrics cost.
+    env=stacks.one_ticket_env,
+)
+
 
 @dataclass(frozen=True)
 class Window:
@@ -68,8 +87,18 @@ class Window:
         return self.profile.total / self.units
 
 
+#: --baseline DIR: a column for ours from DIR/membio_transport (the same run, before/after).
+BASELINE: list[stacks.Stack] = []
+
+
+def _all_stacks() -> list[stacks.Stack]:
+    return [*stacks.STACKS, *stacks.VARIANTS, *BASELINE]
+
+
 def _kinds() -> dict[str, ServerKind]:
-    return {k.name: k for k in stacks.server_kinds(stacks.STACKS)}
+    kinds = {k.name: k for k in stacks.server_kinds(_all_stacks())}
+    kinds[OURS_METRICS.name] = OURS_METRICS
+    return kinds
 
 
 class Callgrind:
@@ -312,7 +341,7 @@ def report(windows: Sequence[Window], top: int = 12) -> str:
     lines.append(stacks._markdown(header, body))
 
     lines += ["", "TLS instructions above the plain-TCP twin, per unit:"]
-    tls_stacks = [s for s in stacks.STACKS if s.tls.name in servers and s.plain.name in servers]
+    tls_stacks = [s for s in _all_stacks() if s.tls.name in servers and s.plain.name in servers]
     body = []
     for what in whats:
         cells = [what]
@@ -369,6 +398,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="measure DIR/membio_transport as ours (a prototype) instead of the checkout's",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also measure DIR/membio_transport as server ours-before (add it to --servers)",
+    )
     parser.add_argument("--no-resumed", action="store_true", help="skip resumed handshakes")
     parser.add_argument(
         "--server-env",
@@ -389,6 +424,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     requests = args.requests or (200 if args.quick else 1000)
     handshakes = args.handshakes or (48 if args.quick else 160)
     names = [n for n in args.servers.split(",") if n]
+    if args.baseline is not None:
+        BASELINE.append(stacks.baseline_stack(args.baseline.resolve()))
+        if "ours-before" not in names:
+            names.append("ours-before")
     CONCURRENCY[0] = args.concurrency
     windows = run(
         names,

@@ -289,6 +289,9 @@ class ServerKind:
     #: The program and its leading arguments when the server is not `twistd -n` (the asyncio
     #: servers of benchmarks/stacks.py); `args` follow it.
     program: Callable[[], list[str]] | None = None
+    #: Variables added to the server's environment (after OPENSSL_CONF is removed and
+    #: PYTHONPATH set): ours as `membio-https` runs it, another copy of the package.
+    env: Callable[[Files], dict[str, str]] | None = None
 
 
 def _twistd() -> list[str]:
@@ -372,6 +375,8 @@ class Server:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(files.source), env.get("PYTHONPATH", "")) if p
         )
+        if kind.env is not None:
+            env.update(kind.env(files))
         if kind.program is not None:
             command = [*pin.server, *wrapper, *kind.program(), *kind.args(self.port, files)]
         else:

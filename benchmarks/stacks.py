@@ -150,10 +150,16 @@ def _asyncio_args(tls: bool) -> Callable[[int, Files], list[str]]:
 
 TWISTED_TLS = endtoend.SERVERS[0]
 TWISTED_TCP = replace(endtoend.SERVERS[2], name="twisted-tcp")
+def one_ticket_env(files: Files) -> dict[str, str]:
+    """What `twistd membio-https` sets before OpenSSL starts: one TLS 1.3 ticket per handshake."""
+    conf = files.source / "membio_transport" / "one-ticket.cnf"
+    return {"OPENSSL_CONF": str(conf)} if conf.exists() else {}
+
+
 OURS_TLS = ServerKind(
     "ours",
     True,
-    "twistd web --listen membio:",
+    "twistd web --listen membio: (one ticket, as membio-https)",
     lambda port, f: [
         "web",
         "--listen",
@@ -161,6 +167,11 @@ OURS_TLS = ServerKind(
         "--path",
         str(f.www),
     ],
+    env=one_ticket_env,
+)
+#: Ours as `twistd web --listen membio:` runs it for anyone: OpenSSL's default of two tickets.
+OURS_TWO_TICKETS = replace(
+    OURS_TLS, name="ours-2t", label="twistd web --listen membio: (OpenSSL's two tickets)", env=None
 )
 ASYNCIO_TLS = ServerKind(
     "asyncio", True, "asyncio_http.py (stdlib sslproto)", _asyncio_args(True), _asyncio(False)
@@ -193,6 +204,26 @@ STACKS: tuple[Stack, ...] = (
     Stack("uvloop", "uvloop (Cython sslproto)", UVLOOP_TLS, UVLOOP_TCP),
     Stack("ours", "membio", OURS_TLS, TWISTED_TCP),
 )
+
+
+#: More columns for benchmarks/callgrind.py (``--servers ours-2t``): ours with OpenSSL's two
+#: tickets, to tell what the one-ticket setting saves from what the code does.
+VARIANTS: tuple[Stack, ...] = (
+    Stack("ours-2t", "membio, two tickets", OURS_TWO_TICKETS, TWISTED_TCP),
+)
+
+
+def baseline_stack(package: Path) -> Stack:
+    """Ours from another copy of the package (PACKAGE/membio_transport), OpenSSL's defaults."""
+
+    def env(files: Files) -> dict[str, str]:
+        rest = (str(files.source), os.environ.get("PYTHONPATH", ""))
+        return {"PYTHONPATH": os.pathsep.join(p for p in (str(package), *rest) if p)}
+
+    kind = replace(
+        OURS_TLS, name="ours-before", label=f"twistd web --listen membio: from {package}", env=env
+    )
+    return Stack("ours-before", "membio before", kind, TWISTED_TCP)
 
 
 def uvloop_available() -> bool:

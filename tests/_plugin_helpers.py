@@ -219,13 +219,15 @@ strports.service(os.environ["MEMBIO_TEST_ENDPOINT"], factory).setServiceParent(a
 class IRCClient:
     """A line-based IRC client over a verified TLS socket."""
 
-    def __init__(self, port: int, cafile: Path, nick: str, password: str) -> None:
+    def __init__(
+        self, port: int, cafile: Path, nick: str, password: str, host: str = "localhost"
+    ) -> None:
         import ssl
 
         context = ssl.create_default_context(cafile=str(cafile))
         context.verify_flags |= ssl.VERIFY_X509_STRICT
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock = context.wrap_socket(raw, server_hostname="localhost")
+        self.sock = context.wrap_socket(raw, server_hostname=host)
         self.nick = nick
         self.buffer = b""
         self.lines: list[str] = []

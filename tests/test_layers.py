@@ -37,6 +37,14 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
 #: Layer -> the layers it may import (itself included).  An arrow down in
 #: the README's layer graph is an entry here.
+#:
+#: ``serving`` -> ``acme``: public certificates are one more certificate source, and
+#: the serving layer is where every entry point gets its certificates, so the serving
+#: layer wires the ACME manager in (``serving/_acme.py``) and all three entry points
+#: get it.  Never the other way round: ``acme`` hands over "a certificate to serve"
+#: through a callback and knows nothing of listeners, contexts or settings.  ``acme``
+#: is an optional extra, so the serving layer imports it only when ACME is asked for
+#: (`test_the_optional_acme_layer_is_imported_only_when_asked_for`).
 ALLOWED: dict[str, frozenset[str]] = {
     "tls": frozenset({"tls"}),
     "certs": frozenset({"certs"}),
@@ -232,6 +240,27 @@ def test_each_face_says_what_its_layer_is_for_and_may_import(layer: str) -> None
         assert f"``{other}``" not in docstring.split("What it may import")[1].split(".")[0], (
             f"{layer}'s face lists {other} among what it may import"
         )
+
+
+def test_the_optional_acme_layer_is_imported_only_when_asked_for() -> None:
+    """A plain install (no ``[acme]`` extra) runs every entry point without ACME settings."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys\n"
+        "import membio_transport, membio_transport.serving, membio_transport.https.tap\n"
+        "import membio_transport.proxy.tap, membio_transport.workers\n"
+        "from membio_transport.serving import flag_of, parse_values\n"
+        "parse_values('membio-https', {'hostname': ['example.org']}, flag_of)\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('acme', 'josepy')\n"
+        "                or m.startswith('membio_transport.acme'))\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_circle_and_a_forbidden_edge_are_caught() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
 import re
 from pathlib import Path
 
@@ -29,6 +30,8 @@ PROMISES = {
     "Secure defaults": "tested by",
     "Where it deliberately differs from Twisted's TLS layer": "tested by",
     "Limits, policies and counters": "tested by",
+    "Public certificates (ACME)": "tested by",
+    "Operations: metrics, expiry warnings, JSON logs": "tested by",
 }
 
 
@@ -154,3 +157,47 @@ def test_the_api_table_states_the_code_s_values() -> None:
 
 def test_the_readme_exists_where_the_tests_read_it() -> None:
     assert README.is_file()
+
+
+def _code_blocks(heading: str, language: str = "") -> list[str]:
+    """The fenced code blocks of a section written in C{language} ("" for none)."""
+    blocks: list[str] = []
+    current: list[str] | None = None
+    keep = False
+    for line in section(heading).splitlines():
+        if not line.startswith("```"):
+            if current is not None:
+                current.append(line)
+        elif current is None:
+            current, keep = [], line[3:].strip() == language
+        else:
+            if keep:
+                blocks.append("\n".join(current))
+            current = None
+    return blocks
+
+
+def test_the_json_log_example_parses_with_the_stable_fields() -> None:
+    (block,) = _code_blocks("# JSON logs", "json")
+    record = json.loads(block)
+    assert list(record)[:4] == ["time", "level", "event", "message"]
+    assert record["event"] == "tls_handshake_failed"
+    documented = {
+        name for row in table("# JSON logs") for name in re.findall(r"`(\w+)`", row["field"])
+    }
+    assert set(record) <= documented, set(record) - documented
+    assert {"peer", "reason", "server_name", "listener"} <= set(record)
+
+
+def test_the_scrape_example_shows_only_documented_metrics() -> None:
+    blocks = [b for b in _code_blocks("Prometheus metrics") if b.startswith("membio_")]
+    (scrape,) = blocks
+    documented = {
+        name
+        for row in table("Prometheus metrics")
+        for name in re.findall(r"`(\w+)`", row["metric"])
+    }
+    shown = {re.split(r"[{ ]", line)[0] for line in scrape.splitlines()}
+    for name in shown:
+        base = re.sub(r"_(bucket|count|sum)$", "", name)
+        assert name in documented or base in documented, name

@@ -241,6 +241,69 @@ def test_a_trickled_client_hello_does_not_extend_the_handshake_timeout() -> None
     assert transport.disconnecting or getattr(transport, "aborting", False)
 
 
+def _stalled_servers(count: int, clock: Clock, every: float, **kw: Any) -> list[Any]:
+    """C{count} server connections of one hardened factory, one every C{every} seconds."""
+    factory = MemoryBIOTLSFactory(
+        server_options(PKI), False, protocol.Factory.forProtocol(App), clock,
+        **{**HARDENED.keywords(), **kw},
+    )
+    servers = []
+    for _ in range(count):
+        tls = factory.buildProtocol(None)
+        tls.makeConnection(StringTransport())
+        servers.append(tls)
+        clock.advance(every)
+    return servers
+
+
+def _aborted(tls: Any) -> bool:
+    return bool(tls.transport.disconnecting or getattr(tls.transport, "aborting", False))
+
+
+def test_many_handshake_timeouts_share_one_call_and_each_fires_at_its_own_time() -> None:
+    clock = Clock()
+    servers = _stalled_servers(5, clock, 0.5, handshake_timeout=3.0)  # started at 0, 0.5 ... 2.0
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(0.4)  # t = 2.9: none due yet
+    assert [_aborted(tls) for tls in servers] == [False] * 5
+    clock.advance(0.1)  # t = 3.0: the first one exactly
+    assert [_aborted(tls) for tls in servers] == [True, False, False, False, False]
+    clock.advance(0.99)  # t = 3.99
+    assert [_aborted(tls) for tls in servers] == [True, True, False, False, False]
+    clock.advance(1.01)  # t = 5.0
+    assert all(_aborted(tls) for tls in servers)
+    assert clock.getDelayedCalls() == []
+
+
+def test_completed_handshakes_leave_no_call_and_free_their_connection() -> None:
+    clock = Clock()
+    pairs = [connect("membio", PKI, **HARDENED.keywords()) for _ in range(3)]
+    for pair in pairs:
+        assert pair.server_tls._handshake_timer is None
+    stalled = _stalled_servers(2, clock, 1.0, handshake_timeout=10.0)
+    stalled[0].connectionLost(None)
+    assert len(clock.getDelayedCalls()) == 1  # the second one still waits
+    stalled[1].connectionLost(None)
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_shorter_timeout_set_later_still_fires_first() -> None:
+    clock = Clock()
+    factory = MemoryBIOTLSFactory(
+        server_options(PKI), False, protocol.Factory.forProtocol(App), clock,
+        **{**HARDENED.keywords(), "handshake_timeout": 10.0},
+    )
+    slow = factory.buildProtocol(None)
+    slow.makeConnection(StringTransport())
+    factory.handshake_timeout = 1.0
+    fast = factory.buildProtocol(None)
+    fast.makeConnection(StringTransport())
+    clock.advance(1.0)
+    assert (_aborted(fast), _aborted(slow)) == (True, False)
+    clock.advance(9.0)
+    assert _aborted(slow)
+
+
 def _client_hello() -> bytes:
     conn = SSL.Connection(PKI.client_context(), None)
     conn.set_connect_state()

@@ -9,6 +9,7 @@ lifecycle in real processes of every entry point.
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import socket
@@ -37,6 +38,7 @@ from membio_transport.serving import (
     parse_values,
 )
 
+from ._expiring import ExpiringCA
 from ._serving_helpers import NoSignals
 
 
@@ -332,6 +334,92 @@ def test_a_worker_endpoint_runs_no_lifecycle(tmp_path: Path) -> None:
     assert isinstance(ports[0], _Port) and not serving.source.running
 
 
+# ------------------------------------------------------------------ operations
+
+
+def test_expiry_is_watched_over_every_certificate_held_and_again_after_a_reload(
+    tmp_path: Path, log_lines: list[str]
+) -> None:
+    day = datetime.timedelta(days=1)
+    ca = ExpiringCA(tmp_path)
+    first = ca.leaf("first", 20 * day)
+    second = ca.leaf("second", 5 * day, names=("second.test",))
+    sni = tmp_path / "sni"
+    ca.leaf("third.test", datetime.timedelta(hours=12), names=("third.test",), folder=sni)
+    settings = parse_values(
+        "membio:",
+        {"cert": [str(first[0]), str(second[0])], "key": [str(first[1]), str(second[1])],
+         "sni_dir": [str(sni)], "reload_interval": ["0"]},
+        flag_of,
+    )
+    clock = _clock_now()
+    serving = TLSServing(settings, clock=clock)
+    held = [certificate.cert_path.name for certificate in serving.held()]
+    assert held == ["first.pem", "second.pem", "third.test.pem"]
+    service = serving.service()
+    service.startService()
+    try:
+        warned = [line for line in log_lines if "expires in" in line]
+        assert [line.split(" for ")[0].rsplit("/", 1)[1] for line in warned] == [
+            "first.pem", "second.pem", "third.test.pem",
+        ]
+        assert "expires in 11 hours" in warned[2]
+        replacement = ca.leaf("replacement", datetime.timedelta(hours=3))
+        for source, target in zip(replacement, first, strict=True):
+            os.replace(source, target)
+        assert serving.source.reload("test")
+        assert "first.pem for localhost expires in 2 hours" in log_lines[-1]
+        # The next look is when that certificate expires, not a day later.
+        (expiry,) = clock.getDelayedCalls()  # no polling (reload_interval 0), no renewal
+        assert expiry.getTime() - clock.seconds() < 3 * 3600
+    finally:
+        service.stopService()
+    assert not clock.getDelayedCalls()
+
+
+def test_a_workers_parent_exports_its_workers_sums_not_its_own_counters(tmp_path: Path) -> None:
+    serving = TLSServing(_settings(tmp_path, metrics=["tcp:0:interface=127.0.0.1"]), clock=Clock())
+
+    def exported(sources: Any) -> set[str]:
+        return {family.name for family in sources.collect()}
+
+    assert serving.fork_link() is None  # one process: it counts its own connections
+    alone = exported(serving.operations.sources())
+    assert {"membio_tls_connections", "membio_certificate_reloads"} <= alone
+    assert "membio_workers_reporting" not in alone
+    serving.service(workers=True)
+    parent = exported(serving.operations.sources())
+    assert {"membio_workers_reporting", "membio_certificate_reloads"} <= parent
+    assert "membio_tls_connections" not in parent, "the workers' sums stand for them"
+    worker = exported(serving.operations.worker_sources())
+    assert "membio_tls_connections" in worker and "membio_certificate_reloads" not in worker
+    link = serving.fork_link()
+    assert link is not None
+    link.close()
+    assert TLSServing(_settings(tmp_path), clock=Clock()).fork_link() is None  # no metrics
+
+
+def test_metrics_that_cannot_listen_are_one_error_line_and_tls_goes_on(
+    tmp_path: Path, log_lines: list[str]
+) -> None:
+    from twisted.internet import reactor
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        description = f"tcp:{port}:interface=127.0.0.1"
+        serving = TLSServing(_settings(tmp_path, metrics=[description]), clock=reactor)
+        serving.acquire()
+        try:
+            assert serving.source.running
+            (line,) = [line for line in log_lines if "cannot serve metrics" in line]
+            assert line.startswith(f"cannot serve metrics on {description}: ")
+            assert "\n" not in line
+        finally:
+            serving.release()
+
+
 # ------------------------------------------------------------------ the settings table
 
 
@@ -344,7 +432,10 @@ def test_flags_and_endpoint_keys_derive_from_the_name() -> None:
     assert derived["request_client_cert"] == ("--request-client-cert", "requestClientCert")
     assert key_of("alpn") == "alpn" and flag_of("alpn") == "--alpn"
     aliases = {row.name: row.key_aliases for row in SETTINGS if row.key_aliases}
-    assert aliases == {"cert": ("certKey",), "key": ("privateKey",)}
+    # Twisted's ssl: keys, and the issue's short spelling of the ACME contact.
+    assert aliases == {
+        "cert": ("certKey",), "key": ("privateKey",), "acme_email": ("acme",)
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(

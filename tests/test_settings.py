@@ -12,6 +12,7 @@ When a setting changes, print the table this test expects with
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +42,8 @@ def row_of(setting: Setting) -> list[str]:
         key += " (comma-separated)"
     elif setting.switch:
         key += " (`yes`/`no`)"
+    if "membio:" not in setting.entry_points:
+        key = "none"
     every = setting.entry_points == ENTRY_POINTS
     where = "all" if every else ", ".join(setting.entry_points)
     return [f"`{setting.name}`", flag, key, _escape(setting.default), where, _escape(setting.help)]
@@ -63,10 +66,14 @@ def test_the_readme_table_is_the_code_s_table() -> None:
 
 
 def test_every_setting_is_an_option_of_both_apps_and_a_key_of_the_endpoint() -> None:
-    for options in (tap.Options(), proxy_tap.Options()):
+    """Of the entry points its row names: every one, unless it makes no sense for one."""
+    # TLSOptions gives both apps every row: a row for one app only would need it to filter.
+    assert all({"membio-https", "membio-tls"} <= set(s.entry_points) for s in SETTINGS)
+    for entry, options in (("membio-https", tap.Options()), ("membio-tls", proxy_tap.Options())):
         usage_text = options.getUsage(width=200)
         for setting in SETTINGS:
-            assert f"{setting.flag}" in usage_text, (type(options).__module__, setting.flag)
+            if entry in setting.entry_points:
+                assert f"{setting.flag}" in usage_text, (type(options).__module__, setting.flag)
     from twisted.internet import reactor
 
     from membio_transport.serving import parse_server
@@ -75,7 +82,34 @@ def test_every_setting_is_an_option_of_both_apps_and_a_key_of_the_endpoint() -> 
         parse_server(reactor, "0", colour="blue")
     known = str(raised.value).split("known: ")[1].split(", ")
     for setting in SETTINGS:
-        assert setting.key in known and all(alias in known for alias in setting.key_aliases)
+        keys = [setting.key, *setting.key_aliases]
+        if "membio:" in setting.entry_points:
+            assert all(key in known for key in keys), setting.name
+        else:
+            assert not any(key in known for key in keys), setting.name
+            with pytest.raises(ValueError, match=f"{setting.key}= applies to membio-https"):
+                parse_server(reactor, "0", **{setting.key: "x"})
+
+
+def test_the_metrics_endpoint_of_a_membio_key_is_escaped_as_twisted_escapes(
+    tmp_path: Path,
+) -> None:
+    """``metrics=tcp\\:9100\\:interface=127.0.0.1``: Twisted unescapes the colons."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import quoteStringArgument, serverFromString
+
+    inner = "tcp:9100:interface=127.0.0.1"
+    assert quoteStringArgument(inner) == "tcp\\:9100\\:interface=127.0.0.1"
+    endpoint = serverFromString(
+        reactor,
+        f"membio:0:interface=127.0.0.1:certDir={quoteStringArgument(str(tmp_path))}"
+        f":metrics={quoteStringArgument(inner)}",
+    )
+    assert endpoint.serving.settings.metrics == inner  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"inside metrics= write each colon as \\:"):
+        serverFromString(reactor, f"membio:0:metrics={inner}")  # unescaped: cut at the colons
+    with pytest.raises(ValueError, match=r"metrics='nope:1' is not a server endpoint"):
+        serverFromString(reactor, "membio:0:metrics=nope\\:1")
 
 
 def _documented_flags(heading: str) -> set[str]:

@@ -699,3 +699,90 @@ def test_the_transport_is_not_closed_again_while_it_is_being_lost() -> None:
     pair.server_tls.connectionLost(Failure(ConnectionLost()))  # no TLS goodbye
     assert pair.server.lost is not None and pair.server.lost.check(ConnectionLost)
     assert closes == []
+
+
+# -- one flush per factory and reactor turn (issue #14) ----------------------------------
+
+
+def _two_connections(clock: Clock) -> tuple[list[Any], list[App]]:
+    """Two server connections of one factory over StringTransports, handshake done."""
+    from twisted.test import iosim
+
+    from .test_parity import client_options
+
+    server_factory = MemoryBIOTLSFactory(
+        server_options(PKI), False, protocol.Factory.forProtocol(App), clock
+    )
+    client_factory = MemoryBIOTLSFactory(
+        client_options(PKI), True, protocol.Factory.forProtocol(App), clock
+    )
+    pumps, clients = [], []
+    for _ in range(2):
+        server, client = server_factory.buildProtocol(None), client_factory.buildProtocol(None)
+        pump = iosim.connect(
+            server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client),
+            greet=False, clock=clock,
+        )
+        pump.flush()
+        pumps.append(pump)
+        clients.append(client.wrappedProtocol)
+    return pumps, clients
+
+
+def test_writes_outside_callbacks_on_many_connections_share_one_reactor_call() -> None:
+    clock = Clock()
+    pumps, clients = _two_connections(clock)
+    servers = [pump.server for pump in pumps]
+    before = len(clock.getDelayedCalls())
+    for n in range(3):
+        for server in servers:
+            server.write(b"%d," % n)
+    assert len(clock.getDelayedCalls()) == before + 1
+    for pump in pumps:
+        pump.flush()
+    assert [bytes(client.received) for client in clients] == [b"0,1,2,"] * 2
+
+
+def test_a_turns_flush_keeps_each_connections_writes_in_order_and_in_one_write() -> None:
+    clock = Clock()
+    pumps, clients = _two_connections(clock)
+    server = pumps[0].server
+    sent = []
+    original = server.transport.write
+    server.transport.write = lambda data: (sent.append(data), original(data))
+    server.write(b"a" * 100)
+    server.write(b"b" * 20_000)  # large: encrypted at once, after the batch
+    server.write(b"c" * 100)
+    assert sent == []
+    clock.advance(0)
+    assert len(sent) == 1
+    pumps[0].flush()
+    assert bytes(clients[0].received) == b"a" * 100 + b"b" * 20_000 + b"c" * 100
+
+
+def test_a_connection_that_fails_its_turns_flush_does_not_hold_back_the_others() -> None:
+    clock = Clock()
+    pumps, clients = _two_connections(clock)
+    first, second = (pump.server for pump in pumps)
+
+    def broken(data: bytes) -> None:
+        raise OSError("the transport broke")
+
+    first.transport.write = broken
+    first.write(b"lost")
+    second.write(b"still sent")
+    with pytest.raises(OSError):
+        clock.advance(0)  # the reactor would log it, as for any failed call
+    clock.advance(0)
+    pumps[1].flush()
+    assert bytes(clients[1].received) == b"still sent"
+
+
+def test_a_connection_lost_before_its_turns_flush_leaves_no_call_behind() -> None:
+    clock = Clock()
+    pumps, _ = _two_connections(clock)
+    before = len(clock.getDelayedCalls())
+    server = pumps[0].server
+    server.write(b"never sent")
+    server.connectionLost(Failure(ConnectionDone()))
+    assert len(clock.getDelayedCalls()) == before

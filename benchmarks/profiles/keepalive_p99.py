@@ -150,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         help="serve ours from DIR/membio_transport (a prototype) instead of the checkout's",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also serve ours from DIR/membio_transport as server ours-before (the same run)",
+    )
+    parser.add_argument(
         "--idle-before",
         type=int,
         default=0,
@@ -158,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         "end-to-end suites do before their keep-alive workload)",
     )
     args = parser.parse_args(argv)
-    kinds = {k.name: k for k in stacks.server_kinds(stacks.STACKS)}
+    extra = [stacks.baseline_stack(args.baseline.resolve())] if args.baseline else []
+    kinds = {k.name: k for k in stacks.server_kinds([*stacks.STACKS, *stacks.VARIANTS, *extra])}
+    if args.baseline and "ours-before" not in args.servers.split(","):
+        args.servers += ",ours-before"
     pin = endtoend.pinning()
     results: dict[tuple[str, bool], list[dict[str, object]]] = {}
     with tempfile.TemporaryDirectory(prefix="membio-p99-") as tmp:

@@ -20,6 +20,10 @@ layer only ever sees "here is a new certificate to serve".  It offers four piece
 `HTTP01Resource`
     http-01 on the plain-HTTP port, in front of any other resource (the redirect).
 
+`preflight`
+    one blocking look at the CA's directory at start-up: its terms of service, and
+    whether the URL is an ACME directory at all.
+
 Errors are `AcmeError` subclasses whose ``str()`` is one line saying what to do.
 
 What it may import: Twisted, ``acme``/``josepy`` (the optional extra
@@ -39,7 +43,7 @@ from ._challengecert import (
     tls_alpn_challenge_certificate,
 )
 from ._client import CHALLENGE_TYPES, ChallengeType
-from ._config import LETS_ENCRYPT_DIRECTORY, AcmeConfig, AcmeConfigError
+from ._config import LETS_ENCRYPT_DIRECTORY, WELL_KNOWN_DIRECTORIES, AcmeConfig, AcmeConfigError
 from ._errors import (
     AccountUnknown,
     AcmeError,
@@ -57,6 +61,7 @@ from ._errors import (
 )
 from ._http01 import HTTP01Resource
 from ._manager import AcmeManager, CheckResult
+from ._preflight import preflight
 from ._store import AcmeStateError
 from ._tlsalpn import ChallengeGate, TLSALPNResponder, is_challenge_connection
 
@@ -64,6 +69,7 @@ __all__ = [
     "ACME_TLS_ALPN_PROTOCOL",
     "CHALLENGE_TYPES",
     "LETS_ENCRYPT_DIRECTORY",
+    "WELL_KNOWN_DIRECTORIES",
     "AccountUnknown",
     "AcmeConfig",
     "AcmeConfigError",
@@ -90,5 +96,6 @@ __all__ = [
     "TermsNotAgreed",
     "is_challenge_connection",
     "key_authorization",
+    "preflight",
     "tls_alpn_challenge_certificate",
 ]

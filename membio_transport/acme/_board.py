@@ -16,9 +16,11 @@ system.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import threading
+import weakref
 from pathlib import Path
 from typing import Final
 
@@ -36,6 +38,27 @@ TLS_ALPN_DIR: Final = "tls-alpn-01"
 HTTP01_DIR: Final = "http-01"
 
 
+#: Every board of this process, for `_after_fork`.
+_BOARDS: weakref.WeakSet[ChallengeBoard] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """In a forked child (a ``--workers`` worker): fresh locks, answers from the files only.
+
+    The ordering thread of the parent may hold a board's lock at the moment of the fork;
+    the child's copy would then stay locked forever and hang the first validation it
+    answers.  Answers the parent had in memory are dropped too: the parent withdraws them
+    from its own memory and from the files, never from the child's memory.
+    """
+    for board in list(_BOARDS):
+        board._lock = threading.Lock()
+        board._tls_alpn.clear()
+        board._http01.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 class ChallengeBoard:
     """Answers to pending challenges, by name (tls-alpn-01) and by token (http-01).
 
@@ -49,6 +72,7 @@ class ChallengeBoard:
         self._http01: dict[str, bytes] = {}
         # Publishing happens in the ordering thread, lookups in the reactor thread.
         self._lock = threading.Lock()
+        _BOARDS.add(self)
 
     # -- the ordering side ---------------------------------------------------------
 

@@ -143,6 +143,7 @@ class AcmeSession:
     @param ca_file: PEM certificates to trust for the directory's own HTTPS (a private
         CA such as pebble or step-ca), instead of the system's trust store.
     @param cancelled: set by the manager when it stops; every request and wait checks it.
+    @param timeout: seconds per HTTP request.
     """
 
     def __init__(
@@ -151,10 +152,12 @@ class AcmeSession:
         *,
         cancelled: threading.Event,
         ca_file: Path | None = None,
+        timeout: float = NETWORK_TIMEOUT,
     ) -> None:
         self.directory_url = directory_url
         self.cancelled = cancelled
-        self.net = _Network(cancelled, alg=ES256, user_agent=USER_AGENT, timeout=NETWORK_TIMEOUT)
+        self.timeout = timeout
+        self.net = _Network(cancelled, alg=ES256, user_agent=USER_AGENT, timeout=timeout)
         if ca_file is not None:
             # requests takes a CA bundle path where acme declares a bool.
             setattr(self.net, "verify_ssl", str(ca_file))  # noqa: B010
@@ -200,7 +203,7 @@ class AcmeSession:
         with self._translated():
             response = self.net.session.get(
                 url,
-                timeout=NETWORK_TIMEOUT,
+                timeout=self.timeout,
                 verify=self.net.verify_ssl,
                 headers={"User-Agent": USER_AGENT},
             )
@@ -222,7 +225,8 @@ class AcmeSession:
         if missing:
             raise NotAnAcmeDirectory(
                 f"{url} is not an ACME directory ({what}, no {'/'.join(missing)}); give "
-                "--acme-directory the CA's directory URL, e.g. "
+                "--acme-directory (acmeDirectory= in a membio: endpoint) the CA's directory "
+                "URL, e.g. "
                 "https://acme-v02.api.letsencrypt.org/directory"
             )
         assert isinstance(document, dict)
@@ -476,7 +480,7 @@ def _csr(names: Sequence[str], key: ec.EllipticCurvePrivateKey) -> bytes:
 def _network_reason(error: requests.exceptions.RequestException) -> str:
     """The part of a requests/urllib3 error a person needs ("Connection refused")."""
     if isinstance(error, requests.exceptions.Timeout):
-        return f"no answer within {NETWORK_TIMEOUT} s"
+        return "no answer in time"
     text = str(error)
     for pattern in (_VERIFY_FAILED, _ERRNO):
         found = pattern.search(text)

@@ -8,8 +8,8 @@ one line naming the option, before anything talks to a CA.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -18,10 +18,23 @@ from ._client import CHALLENGE_TYPES, ChallengeType
 from ._errors import AcmeError
 from ._policy import DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAXIMUM
 
-__all__ = ["ACME_STATE_SUBDIR", "LETS_ENCRYPT_DIRECTORY", "AcmeConfig", "AcmeConfigError"]
+__all__ = [
+    "ACME_STATE_SUBDIR",
+    "LETS_ENCRYPT_DIRECTORY",
+    "WELL_KNOWN_DIRECTORIES",
+    "AcmeConfig",
+    "AcmeConfigError",
+]
 
 # The default CA: Let's Encrypt's production directory (RFC 8555 section 7.1.1).
 LETS_ENCRYPT_DIRECTORY: Final = "https://acme-v02.api.letsencrypt.org/directory"
+# Let's Encrypt's staging CA: untrusted certificates, generous rate limits, for trying out.
+LETS_ENCRYPT_STAGING_DIRECTORY: Final = "https://acme-staging-v02.api.letsencrypt.org/directory"
+# Names an operator may give instead of a directory URL (--acme-directory letsencrypt).
+WELL_KNOWN_DIRECTORIES: Final[dict[str, str]] = {
+    "letsencrypt": LETS_ENCRYPT_DIRECTORY,
+    "letsencrypt-staging": LETS_ENCRYPT_STAGING_DIRECTORY,
+}
 # The ACME state lives next to the generated local CA, in its own folder.
 ACME_STATE_SUBDIR: Final = "acme"
 
@@ -32,9 +45,22 @@ class AcmeConfigError(AcmeError):
     retry = False
 
 
-def _checked_names(names: Sequence[str]) -> tuple[str, ...]:
+def _flag(name: str) -> str:
+    """How a setting is spelled on a command line (``acme_email`` -> ``--acme-email``)."""
+    return "--" + name.replace("_", "-")
+
+
+def _said(spelling: str, text: object) -> str:
+    """``--hostname x`` on a command line, ``hostname=x`` in an endpoint string."""
+    return f"{spelling}{text}" if spelling.endswith("=") else f"{spelling} {text}"
+
+
+def _checked_names(names: Sequence[str], spell: Callable[[str], str]) -> tuple[str, ...]:
+    hostname = spell("hostname")
     if isinstance(names, str) or not names:
-        raise AcmeConfigError("ACME needs at least one --hostname (a public DNS name)")
+        raise AcmeConfigError(
+            f"ACME needs at least one {hostname.rstrip('=')} (a public DNS name)"
+        )
     checked = []
     for raw in names:
         try:
@@ -47,17 +73,18 @@ def _checked_names(names: Sequence[str]) -> tuple[str, ...]:
             pass
         else:
             raise AcmeConfigError(
-                f"--hostname {raw}: public CAs issue ACME certificates for DNS names here, "
-                "not IP addresses"
+                f"{_said(hostname, raw)}: public CAs issue ACME certificates for DNS names "
+                "here, not IP addresses"
             )
         if name.startswith("*."):
             raise AcmeConfigError(
-                f"--hostname {raw}: wildcard names need the dns-01 challenge, which is not "
-                "supported; list each name instead"
+                f"{_said(hostname, raw)}: wildcard names need the dns-01 challenge, which is "
+                "not supported; list each name instead"
             )
         if "." not in name:
             raise AcmeConfigError(
-                f"--hostname {raw}: not a public DNS name (no dot); a public CA cannot validate it"
+                f"{_said(hostname, raw)}: not a public DNS name (no dot); a public CA cannot "
+                "validate it"
             )
         checked.append(name)
     return tuple(dict.fromkeys(checked))
@@ -75,6 +102,8 @@ class AcmeConfig:
     @ivar state_dir: where accounts and certificates live; default
         ``default_cert_dir() / "acme"``.
     @ivar retry_initial, retry_maximum: backoff bounds in seconds for failed checks.
+    @ivar spell: how the user spells a setting (``--acme-email``, or ``acmeEmail=`` in a
+        ``membio:`` endpoint), for the messages.
     """
 
     names: tuple[str, ...]
@@ -86,18 +115,22 @@ class AcmeConfig:
     state_dir: Path | None = None
     retry_initial: float = DEFAULT_RETRY_INITIAL
     retry_maximum: float = DEFAULT_RETRY_MAXIMUM
+    spell: Callable[[str], str] = field(default=_flag, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "names", _checked_names(self.names))
+        spell = self.spell
+        object.__setattr__(self, "names", _checked_names(self.names, spell))
         if not self.directory_url.startswith("https://"):
             raise AcmeConfigError(
-                f"--acme-directory {self.directory_url}: ACME directories are https:// URLs "
-                "(RFC 8555 section 6.1)"
+                f"{_said(spell('acme_directory'), self.directory_url)}: ACME directories are "
+                "https:// URLs (RFC 8555 section 6.1)"
             )
         if self.email is not None and (
             "@" not in self.email or any(c.isspace() or c == "," for c in self.email)
         ):
-            raise AcmeConfigError(f"--acme-email {self.email!r} is not one e-mail address")
+            raise AcmeConfigError(
+                f"{_said(spell('acme_email'), repr(self.email))} is not one e-mail address"
+            )
         unknown = [kind for kind in self.challenges if kind not in CHALLENGE_TYPES]
         if unknown or not self.challenges:
             raise AcmeConfigError(
@@ -105,7 +138,9 @@ class AcmeConfig:
                 f"not {', '.join(unknown) or 'none'}"
             )
         if self.directory_ca is not None and not Path(self.directory_ca).is_file():
-            raise AcmeConfigError(f"--acme-directory-ca {self.directory_ca}: no such file")
+            raise AcmeConfigError(
+                f"{_said(spell('acme_directory_ca'), self.directory_ca)}: no such file"
+            )
         if not 0 < self.retry_initial <= self.retry_maximum:
             raise AcmeConfigError("ACME retry delays must satisfy 0 < initial <= maximum")
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from typing import Final
 
+from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import Request
 
 from ._board import ChallengeBoard
 
 __all__ = ["CHALLENGE_PATH", "HTTP01Resource"]
+
+_log = Logger(namespace="membio_transport.acme")
 
 # RFC 8555 section 8.3 (registered in RFC 8615's well-known URI registry).
 CHALLENGE_PATH: Final = (b".well-known", b"acme-challenge")
@@ -63,6 +66,10 @@ class HTTP01Resource(Resource):
         if answer is None:
             return self._not_found(request)
         self.answered += 1
+        _log.info(
+            "ACME: answered the http-01 challenge {token} (the CA is validating)",
+            token=rest[0].decode("ascii", "replace"),
+        )
         request.setHeader(b"Content-Type", ANSWER_TYPE)
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"Content-Length", b"%d" % len(answer))

@@ -88,6 +88,7 @@ class AcmeManager(Service):
     @param threaded: False runs checks synchronously on the calling thread (tests with
         a fake clock and fake sessions).
     @param session_factory: makes the blocking ACME session (tests substitute fakes).
+    @param log_system: what its log lines are tagged with (the server's, in an app).
 
     @ivar current: the certificate being served, once there is one.
     @ivar counters: checks, orders, consecutive failures, accounts registered.
@@ -104,12 +105,14 @@ class AcmeManager(Service):
         clock: IReactorTime | None = None,
         threaded: bool = True,
         session_factory: Callable[[AcmeConfig, threading.Event], AcmeSession] | None = None,
+        log_system: str = "membio-acme",
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
         self.config = config
+        self.log_system = log_system
         self.on_certificate = on_certificate
         self.store = AcmeStore(config.state_path)
         self.board = (
@@ -234,6 +237,10 @@ class AcmeManager(Service):
     def _order(self, reason: str) -> CheckResult:
         config = self.config
         started = self._clock.seconds()
+        self._say(
+            f"ACME: ordering a certificate for {', '.join(config.names)} from "
+            f"{config.directory_url} ({reason}); answering {', '.join(config.challenges)}"
+        )
         session = self._session_now()
         if session.use_account(self.store, config.email, config.agree_tos) == "registered":
             self.counters.accounts_registered += 1
@@ -277,14 +284,19 @@ class AcmeManager(Service):
         return self._session
 
     def _waiting(self, holder: str) -> None:
-        line = (
+        self._say(
             f"ACME: {holder} is ordering a certificate in {self.store.root}; waiting for it "
             "to finish"
         )
+
+    def _say(self, line: str) -> None:
+        """Log one line from the ACME thread (through the reactor) or the reactor's."""
         if self._threaded:
-            self._reactor.callFromThread(_log.info, line)
+            self._reactor.callFromThread(
+                _log.info, "{line}", line=line, log_system=self.log_system
+            )
         else:
-            _log.info(line)
+            _log.info("{line}", line=line, log_system=self.log_system)
 
     # -- results -------------------------------------------------------------------
 
@@ -304,12 +316,14 @@ class AcmeManager(Service):
                 "valid until {until:%Y-%m-%d %H:%M} UTC, renewal from {renew:%Y-%m-%d %H:%M} UTC",
                 names=names, url=self.config.directory_url, reason=result.reason,
                 seconds=result.seconds, until=certificate.not_after, renew=result.renew_at,
+                log_system=self.log_system,
             )  # fmt: skip
         elif changed:
             _log.info(
                 "ACME: using the stored certificate for {names}, valid until "
                 "{until:%Y-%m-%d %H:%M} UTC, renewal from {renew:%Y-%m-%d %H:%M} UTC",
                 names=names, until=certificate.not_after, renew=result.renew_at,
+                log_system=self.log_system,
             )  # fmt: skip
         if changed:
             try:
@@ -318,6 +332,7 @@ class AcmeManager(Service):
                 _log.error(
                     "ACME: serving the new certificate {path} failed: {error}",
                     path=certificate.cert_path, error=f"{type(error).__name__}: {error}",
+                    log_system=self.log_system,
                 )  # fmt: skip
         if self.running:
             delay = (result.renew_at - self._now()).total_seconds()
@@ -345,6 +360,7 @@ class AcmeManager(Service):
             _log.error(
                 "ACME: no certificate for {names}: {error}{serving}; not retrying until restarted",
                 names=names, error=str(error), serving=serving,
+                log_system=self.log_system,
             )  # fmt: skip
             return None
         wait = 0.0
@@ -361,6 +377,7 @@ class AcmeManager(Service):
             "next attempt in {delay}",
             names=names, attempt=self.counters.failures, error=str(error), serving=serving,
             delay=_duration(delay),
+            log_system=self.log_system,
         )  # fmt: skip
         if self.running:
             self._schedule(delay)

@@ -255,11 +255,31 @@ class AcmeStore:
                         told = True
                     if cancelled.wait(LOCK_POLL_SECONDS):
                         raise OrderCancelled("stopped while waiting for the order lock") from None
+            _HELD_LOCKS.add(fd)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             yield
         finally:
+            _HELD_LOCKS.discard(fd)
             os.close(fd)  # closing releases the lock
+
+
+#: The order-lock descriptors this process holds now.  A process forked while one is held
+#: (a ``--workers`` worker started during an order) would keep the ``flock`` alive after
+#: the parent lets go, since the lock belongs to the open file description the two share:
+#: the parent's next order would then wait for a worker that never orders.  The child
+#: closes its copies at once (closing a duplicate releases nothing for the parent).
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 def _judged_at(chain: Path, now: datetime.datetime) -> datetime.datetime:

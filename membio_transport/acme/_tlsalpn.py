@@ -31,6 +31,7 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, directlyProvides, implementer, providedBy
@@ -43,6 +44,8 @@ __all__ = [
     "TLSALPNResponder",
     "is_challenge_connection",
 ]
+
+_log = Logger(namespace="membio_transport.acme")
 
 ALPNSelect = Callable[[SSL.Connection, list[bytes]], Any]
 
@@ -74,6 +77,10 @@ class TLSALPNResponder:
         connection.use_certificate(challenge.certificate)
         connection.use_privatekey(challenge.key)
         self.answered += 1
+        _log.info(
+            "ACME: served the tls-alpn-01 challenge certificate for {name} (the CA is "
+            "validating)", name=challenge.name,
+        )  # fmt: skip
         return ACME_TLS_ALPN_PROTOCOL
 
     def alpn_callback(self, protocols: Sequence[bytes] = ()) -> ALPNSelect:

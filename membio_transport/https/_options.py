@@ -152,6 +152,7 @@ class Options(TLSOptions):
             names=names_for_interface(self["interface"]),
             clock=None,  # the global reactor when needed: a forked worker has its own
             log_system="membio-https",
+            http01=self["redirect_listener"] is not None,
         )
         self["serving"] = serving
         self["certificate"] = serving.certificate

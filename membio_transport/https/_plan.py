@@ -30,3 +30,5 @@ class Plan:
     alpn: list[bytes] = field(default_factory=default_alpn)
     #: Start-up log lines about the TLS settings (SNI, client certificates...).
     notes: list[str] = field(default_factory=list)
+    #: What the log calls a certificate that is not generated ("the ACME certificate").
+    own_label: str = "your certificate"

@@ -17,6 +17,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
+from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from ..serving import (
@@ -47,8 +48,11 @@ class HTTPSService(StartupLog, Service):
         redirect: RedirectToHTTPS | None,
         reactor: Any = None,
         exit_status_hook: Callable[[Callable[[], None]], object] = atexit.register,
+        http_root: Callable[[IResource], IResource] | None = None,
     ) -> None:
         self.plan = plan
+        #: What the plain-HTTP listener serves around the redirect (ACME http-01).
+        self._http_root = http_root
         self.site = site
         self.redirect = redirect
         self._given_reactor = reactor
@@ -101,7 +105,10 @@ class HTTPSService(StartupLog, Service):
         redirect = self.plan.redirect
         if redirect is not None and self.redirect is not None:
             self.redirect.https_port = self._https_port()
-            self._start(redirect, Site(self.redirect))
+            root: IResource = self.redirect
+            if self._http_root is not None:
+                root = self._http_root(root)
+            self._start(redirect, Site(root))
 
     def _start(self, listener: Listener, site: Site) -> None:
         listening = listener.endpoint.listen(site)

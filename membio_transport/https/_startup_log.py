@@ -58,7 +58,7 @@ class StartupLog:
         certificate = plan.certificate
         first_url = urls[0] if urls else f"https://localhost:{DEFAULT_PORT}/"
         if plan.generated_in is None:
-            lines += [f"using your certificate: {line.strip()}" for line in certificate.summary()]
+            lines += [f"using {plan.own_label}: {line.strip()}" for line in certificate.summary()]
         else:
             state = "generated a new" if certificate.generated else "reusing the"
             lines.append(f"{state} certificate in {plan.generated_in}")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.server import Site
 
 from ..serving import DEFAULT_PORT, TLSServing
@@ -39,6 +40,9 @@ def close_idle_http(protocol: Any) -> bool:
     lost), and say whether it was.
     """
     channel = getattr(protocol, "wrappedProtocol", protocol)
+    # Behind the ACME challenge gate (with ACME on), the application is one wrapper further.
+    while isinstance(channel, ProtocolWrapper) and channel.wrappedProtocol is not None:
+        channel = channel.wrappedProtocol
     # twisted.web wraps HTTP/1.1 and HTTP/2 channels in a proxy that picks
     # one after ALPN; the chosen channel is its _channel.
     channel = getattr(channel, "_channel", channel)
@@ -91,7 +95,8 @@ def https_service(options: Any, make_site: Callable[[], Site]) -> WorkerPool:
         if redirect:
             answer = RedirectToHTTPS(redirect_host(options["interface"]))
             answer.https_port = _https_port(sockets)
-            listening.append(shared[-1].endpoint(reactor, sockets[-1]).listen(Site(answer)))
+            root = serving.http_resource(answer)  # ACME http-01 answers first, if enabled
+            listening.append(shared[-1].endpoint(reactor, sockets[-1]).listen(Site(root)))
         return listening
 
     def announce(sockets: Sequence[socket.socket]) -> None:
@@ -109,8 +114,9 @@ def https_service(options: Any, make_site: Callable[[], Site]) -> WorkerPool:
                 urls.append(f"https://{_browse_host(address[0])}:{address[1]}/")
         if redirect:
             lines.append(f"plain HTTP on {_where(sockets[-1], shared[-1])} redirects to HTTPS")
-        if serving.settings.own_certificate:
-            lines += [f"using your certificate: {line.strip()}" for line in certificate.summary()]
+        if serving.own_certificate:
+            label = serving.certificate_label
+            lines += [f"using {label}: {line.strip()}" for line in certificate.summary()]
         else:
             lines += certificate.trust_instructions(urls[0] if urls else "https://localhost/")
         lines += [f"ready: open {url}" for url in urls] or ["ready (no TCP listener)"]
@@ -126,9 +132,11 @@ def https_service(options: Any, make_site: Callable[[], Site]) -> WorkerPool:
         announce=announce,
         # The certificate lifecycle runs here, in the parent: a reload makes
         # a new context, and the workers are then replaced by new forks.
-        helpers=[serving.service()],
+        helpers=[serving.service(workers=True)],
         context_of=lambda: serving.creator.context,
         cleanup=lambda: close_shared(shared),
+        # With --metrics, each worker reports its counters to the parent.
+        fork_link=serving.fork_link,
         system="membio-https",
     )
 

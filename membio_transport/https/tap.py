@@ -21,9 +21,10 @@ settings table), HSTS and the HTTP ALPN protocols in `_web`, the service in
 
 from __future__ import annotations
 
-from twisted.application.service import Service
+from twisted.application.service import IService, Service
 
 from ..certs import ServerCertificate
+from ..observe import with_log_format
 from ..serving import DEFAULT_PORT, Listener, StartupError, TLSServing
 from ._options import Options
 from ._plan import Plan
@@ -34,8 +35,13 @@ from ._site import SecureSite
 __all__ = ["DEFAULT_PORT", "HTTPSService", "Options", "StartupError", "makeService", "site_of"]
 
 
-def makeService(options: Options) -> Service:
-    """Build the service twistd runs from parsed L{Options}."""
+def makeService(options: Options) -> IService:
+    """Build the service twistd runs from parsed L{Options} (logging as --log-format says)."""
+    serving: TLSServing = options["serving"]
+    return with_log_format(_service(options), serving.settings.log_format)
+
+
+def _service(options: Options) -> Service:
     if options["workers"]:
         from ._workers import https_service
 
@@ -45,7 +51,7 @@ def makeService(options: Options) -> Service:
     serving: TLSServing = options["serving"]
     certificate: ServerCertificate = serving.certificate
     settings = serving.settings
-    generated_in = None if settings.own_certificate else certificate.cert_path.parent
+    generated_in = None if serving.own_certificate else certificate.cert_path.parent
     redirect_listener: Listener | None = options["redirect_listener"]
     interface = options["interface"]
     plan = Plan(
@@ -63,11 +69,12 @@ def makeService(options: Options) -> Service:
         daemon=daemon,
         alpn=list(settings.alpn),
         notes=notes_of(options),
+        own_label=serving.certificate_label,
     )
     redirect = (
         None if redirect_listener is None else RedirectToHTTPS(redirect_host(interface))
     )
-    return HTTPSService(plan, site_of(options), redirect)
+    return HTTPSService(plan, site_of(options), redirect, http_root=serving.http_resource)
 
 
 def notes_of(options: Options) -> list[str]:

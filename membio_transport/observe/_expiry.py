@@ -110,6 +110,17 @@ class ExpiryWatch(Service):
             self._call.cancel()
         self._call = None
 
+    def recheck(self) -> None:
+        """
+        Look again now (the certificates were reloaded) and schedule the
+        next look for the new certificates' next threshold.
+        """
+        if not self.running:
+            return
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._run()
+
     def _run(self) -> None:
         self._call = None
         try:

@@ -1,11 +1,13 @@
 """
 Serving ``/metrics`` on any Twisted server endpoint.
 
-`metrics_service` is what ``--metrics ENDPOINT`` (and the ``metrics=`` key
-of ``membio:``) turns into: a service that listens on the endpoint
-description and serves the registry at ``/metrics`` with
-``prometheus_client``'s own Twisted resource, which formats the
-exposition (text, or OpenMetrics when Prometheus asks for it).  Any
+`listen_metrics` is what ``--metrics ENDPOINT`` (and the ``metrics=`` key
+of ``membio:``) turns into, when the server's first TLS port listens
+(``serving._operations``): it listens on the endpoint description and
+serves the registry at ``/metrics`` with ``prometheus_client``'s own
+Twisted resource, which formats the exposition (text, or OpenMetrics when
+Prometheus asks for it); `metrics_service` does the same as a twistd
+service.  Any
 endpoint works, ``tcp:9100:interface=127.0.0.1`` for a local Prometheus,
 ``unix:/run/membio/metrics.sock``, or ``membio:9443`` for metrics over TLS.
 
@@ -56,6 +58,8 @@ class _Root(Resource):
 
 
 class _QuietSite(Site):
+    noisy = False  # no "Starting factory" line: the announcement says where it listens
+
     def log(self, request: http.Request) -> None:
         """No access log line per scrape."""
 

@@ -250,6 +250,14 @@ class WorkerLink:
         self._worker_end.close()
         self._owner.reactor.addReader(_Reader(self))
 
+    def leave_parent(self) -> None:
+        """
+        After ``fork()``, in the worker, before its fresh reactor replaces
+        the parent's: close the parent's ends of every channel inherited
+        (the fresh reactor then closes nothing of ours twice).
+        """
+        self._owner._forget_all()
+
     def in_worker(
         self,
         collector: Collector,
@@ -259,7 +267,8 @@ class WorkerLink:
         """
         After ``fork()``, in the worker, with its fresh reactor installed:
         send C{collector}'s snapshots to the parent from now until the
-        reactor shuts down (a last one then).
+        reactor shuts down (a last one then).  Calls `leave_parent` if that
+        was not done yet.
         """
         self._owner._forget_all()
         reporter = SnapshotReporter(self._worker_end, collector, reactor, interval)

@@ -19,13 +19,14 @@ import socket
 from collections.abc import Sequence
 from typing import Any, ClassVar, Final
 
-from twisted.application.service import Service
+from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from ..observe import with_log_format
 from ..serving import (
     DEFAULT_BACKLOG,
     TLS_PREFIXES,
@@ -214,8 +215,9 @@ def _summary(options: Options) -> list[str]:
         + (f" with a PROXY protocol {proxy} header" if proxy else ""),
         f"TLS profile {serving.settings.profile}, ALPN {alpn}",
     ]
-    if serving.settings.own_certificate:
-        lines += [f"using your certificate: {line.strip()}" for line in certificate.summary()]
+    if serving.own_certificate:
+        label = serving.certificate_label
+        lines += [f"using {label}: {line.strip()}" for line in certificate.summary()]
     else:
         lines += [
             *certificate.summary(),
@@ -312,9 +314,11 @@ def _worker_pool(options: Options) -> WorkerPool:
         options["workers"],
         grace=options["grace"],
         announce=announce,
-        helpers=[serving.service()],
+        helpers=[serving.service(workers=True)],
         context_of=lambda: serving.creator.context,
         cleanup=lambda: close_shared(shared),
+        # With --metrics, each worker reports its counters to the parent.
+        fork_link=serving.fork_link,
         system=_SYSTEM,
     )
 
@@ -326,8 +330,8 @@ def _where(sock: socket.socket, listener: SharedListener) -> str:
     return listener.label
 
 
-def makeService(options: Options) -> Service:
+def makeService(options: Options) -> IService:
     """Build the service twistd runs from parsed L{Options}."""
-    if options["workers"]:
-        return _worker_pool(options)
-    return TLSProxyService(options)
+    serving: TLSServing = options["serving"]
+    service: Service = _worker_pool(options) if options["workers"] else TLSProxyService(options)
+    return with_log_format(service, serving.settings.log_format)

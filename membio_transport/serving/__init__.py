@@ -10,16 +10,21 @@ endpoint key, default, parser: ``_values``), turned into twistd options by
 the certificate source and its lifecycle (``_source``: generated leaf
 renewed in process, files reloaded on change and on SIGHUP through
 ``_signals``, the SNI directory of ``_sni``), the contexts (``_context``),
-the factory policy and the connection limit (``_limits``), and wraps
-endpoints (``_tlsendpoint``).  Listeners and the one-line start-up errors
+the factory policy and the connection limit (``_limits``), the server's
+operations (``_operations``: expiry warnings over every certificate it
+holds, ``/metrics`` with the ``metrics`` setting, a ``--workers`` parent's
+sums), and wraps endpoints (``_tlsendpoint``).  Listeners and the one-line start-up errors
 (``_listeners``, ``_startup_errors``) and the ``membio:`` endpoint strings
-(``_endpoint``) are here too.  A feature added here reaches all three entry
-points.
+(``_endpoint``) are here too.  Public certificates: the ACME rows of the
+table (``_acme_settings``) and `AcmeServing` (``_acme``), which wires the
+ACME layer's manager, responders and gate into the certificate source.  A
+feature added here reaches all three entry points.
 
-What it may import: the ``tls`` and ``certs`` layers, and ``acme`` and
-``observe`` (which it will wire in), through their faces; Twisted,
-pyOpenSSL and cryptography.  It never imports ``workers``, ``https`` or
-``proxy``: those are built on it.
+What it may import: the ``tls`` and ``certs`` layers, ``acme`` (only when
+ACME is asked for, ``--acme-email`` or ``--acme-directory``: it is the
+optional extra ``membio-transport[acme]``), and ``observe``, through their
+faces; Twisted, pyOpenSSL and cryptography.  It never imports ``workers``,
+``https`` or ``proxy``: those are built on it.
 """
 
 from ._commandline import ConfigurationError, TLSOptions

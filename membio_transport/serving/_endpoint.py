@@ -35,10 +35,21 @@ comma-separated for more certificates chosen by SNI), ``keyPasswordFile``,
 ``certDir``, ``hostname`` (comma-separated), ``sniDir``, ``profile``,
 ``alpn``, ``clientCA``, ``clientCert``, ``requestClientCert=yes``,
 ``handshakeTimeout``, ``idleTimeout``, ``maxConnections``,
-``reloadInterval``, ``backlog`` and ``plainHTTP``.  The certificates are
-reloaded when their files change and on SIGHUP, and a generated one is
-renewed while the program runs, from the moment the endpoint listens until
-it stops listening.
+``reloadInterval``, ``backlog``, ``plainHTTP`` and ``metrics`` (an endpoint
+description whose colons are escaped, as in ``endpoint=``:
+``metrics=tcp\\:9100\\:interface=127.0.0.1``); and a public certificate
+from an ACME CA with ``acme`` (short for ``acmeEmail``, the contact
+address; Let's Encrypt unless ``acmeDirectory`` names another CA, by name
+or by URL with its colons escaped), ``acmeAgreeTOS=yes``,
+``acmeChallenges``, ``acmeDirectoryCA`` and ``hostname``::
+
+    twistd words --irc-port \
+        'membio:6697:acme=me@example.org:acmeAgreeTOS=yes:hostname=irc.example.org'
+
+The certificates are reloaded when their files change and on SIGHUP, and a
+generated one is renewed while the program runs; certificate expiry is
+watched and ``metrics=`` serves ``/metrics``: all from the moment the
+endpoint listens until it stops listening.
 
 Wrapping another endpoint follows Twisted's escaping rules: inside the
 ``endpoint=`` value every ``:`` is written ``\\:`` (an ``=`` needs no
@@ -139,12 +150,27 @@ def parse_server(reactor: Any, *args: str, **kwargs: str) -> TLSServerEndpoint:
         description or in the certificate files it names.
     """
     settings_keys = {
-        key: row.name for row in SETTINGS for key in (row.key, *row.key_aliases)
+        key: row.name
+        for row in SETTINGS
+        if "membio:" in row.entry_points
+        for key in (row.key, *row.key_aliases)
     }
+    for row in SETTINGS:
+        if row.key in kwargs and row.key not in settings_keys:
+            raise ValueError(
+                f"membio: {row.key}= applies to {' and '.join(row.entry_points)}; a program "
+                "serving membio: endpoints chooses that itself"
+            )
     _unknown("server", kwargs, [*_LISTENER_KEYWORDS, *settings_keys])
     if len(args) > 1:
+        nested = [key for key in ("endpoint", "metrics") if key in kwargs]
+        hint = (
+            f"; inside {' and '.join(f'{key}=' for key in nested)} write each colon as \\:"
+            if nested else ""
+        )
         raise ValueError(
             f"membio: expected at most one positional argument (the port), got {list(args)}"
+            f"{hint}"
         )
     if args and "port" in kwargs:
         raise ValueError("membio: give the port once, positionally or as port=")
@@ -181,7 +207,7 @@ def parse_server(reactor: Any, *args: str, **kwargs: str) -> TLSServerEndpoint:
         serving = TLSServing(
             settings, names=names_for_interface(interface), clock=reactor, log_system="membio"
         )
-    except CertificateError as error:
+    except (CertificateError, SettingError) as error:
         raise ValueError(f"membio: {error}") from None
     return serving.wrap(wrapped, clock=reactor, announce=True)
 

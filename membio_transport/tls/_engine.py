@@ -184,7 +184,7 @@ class TLSEngine:
         self._in_handshake = False
         self._abort_requested = False
         self.send_buffer_limit = send_buffer_limit
-        if server_side and refuse_renegotiation:
+        if server_side and refuse_renegotiation and not _refuses_renegotiation(connection):
             connection.set_options(SSL.OP_NO_RENEGOTIATION)
 
     # -- what callers may look at ------------------------------------------
@@ -531,6 +531,21 @@ class TLSEngine:
         if code == 0:
             return None
         return str(_openssl_ffi.string(describe_code(code)).decode("ascii", "replace"))
+
+
+_SSL_get_options = getattr(_openssl_lib, "SSL_get_options", None)
+
+
+def _refuses_renegotiation(connection: SSL.Connection) -> bool:
+    """
+    Whether the connection already has ``OP_NO_RENEGOTIATION`` (our hardened
+    contexts set it once for all their connections): reading the options is
+    one C call, setting them through pyOpenSSL a Python call per connection.
+    """
+    handle = getattr(connection, "_ssl", None)
+    if _SSL_get_options is None or handle is None:
+        return False
+    return bool(_SSL_get_options(handle) & SSL.OP_NO_RENEGOTIATION)
 
 
 _TERMINAL: Final = frozenset({TLSState.CLOSED, TLSState.FAILED})

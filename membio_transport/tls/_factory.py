@@ -30,10 +30,12 @@ from twisted.protocols.policies import WrappingFactory
 from zope.interface import classImplements, directlyProvides
 from zope.interface.declarations import Declaration
 
+from ._aggregate import TurnFlush
 from ._policy import TWISTED, FactoryPolicy, PlainHTTPPolicy
 from ._protocol import MemoryBIOTLSProtocol
 from ._reclaim import BufferReclaimer
 from ._stats import TLSStats
+from ._timers import Deadline, HandshakeDeadlines
 
 if TYPE_CHECKING:
     ConnectionFor = Callable[[MemoryBIOTLSProtocol], SSL.Connection]
@@ -233,6 +235,8 @@ class MemoryBIOTLSFactory(WrappingFactory):
         )
         self.stats = stats if stats is not None else TLSStats()
         self._reclaimer: BufferReclaimer | None = None
+        self._turn_flush: TurnFlush | None = None
+        self._deadlines: HandshakeDeadlines | None = None
 
     @property
     def clock(self) -> IReactorTime:
@@ -265,6 +269,23 @@ class MemoryBIOTLSFactory(WrappingFactory):
         """C{protocol} moved a burst: release its buffers once it is quiet."""
         if self.schedules_timers:
             self.reclaimer.burst(protocol)
+
+    def handshake_deadline(self, protocol: MemoryBIOTLSProtocol, timeout: float) -> Deadline:
+        """Abort C{protocol}'s handshake after C{timeout} seconds; cancel() the result."""
+        if self._deadlines is None:
+            self._deadlines = HandshakeDeadlines(self.clock)
+        return self._deadlines.add(protocol, timeout)
+
+    def flush_next_turn(self, protocol: MemoryBIOTLSProtocol) -> None:
+        """C{protocol} wrote outside a callback: flush it at the next reactor turn."""
+        if self._turn_flush is None:
+            self._turn_flush = TurnFlush(self.clock)
+        self._turn_flush.add(protocol)
+
+    def no_flush_next_turn(self, protocol: MemoryBIOTLSProtocol) -> None:
+        """C{protocol} is gone before that flush."""
+        if self._turn_flush is not None:
+            self._turn_flush.discard(protocol)
 
     def forget(self, protocol: MemoryBIOTLSProtocol) -> None:
         """C{protocol} is gone."""

@@ -51,6 +51,15 @@ class FactoryView(Protocol):
     def burst(self, protocol: Any) -> None:
         """C{protocol} moved a burst: release its buffers once it is quiet."""
 
+    def handshake_deadline(self, protocol: Any, timeout: float) -> Any:
+        """Abort C{protocol}'s handshake after C{timeout} seconds; cancel() the result."""
+
+    def flush_next_turn(self, protocol: Any) -> None:
+        """C{protocol} wrote outside a callback: flush it at the next reactor turn."""
+
+    def no_flush_next_turn(self, protocol: Any) -> None:
+        """C{protocol} is gone before that flush."""
+
     def forget(self, protocol: Any) -> None:
         """C{protocol} is gone."""
 

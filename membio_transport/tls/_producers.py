@@ -32,7 +32,9 @@ def _run(call: Callable[[], object]) -> None:
 class ProducerProxy:
     """Stands in for the application's producer at the real transport."""
 
-    __slots__ = ("_batched", "_by_tls", "_by_transport", "_missed_pull", "producer", "streaming")
+    __slots__ = (
+        "_batched", "_by_transport", "_missed_pull", "paused_for_tls", "producer", "streaming",
+    )
 
     def __init__(
         self,
@@ -48,7 +50,9 @@ class ProducerProxy:
         self.streaming = streaming
         self._batched = batched or _run
         self._by_transport = False
-        self._by_tls = False
+        #: Paused by `pause_for_tls` (read by the transport, which then
+        #: looks at whether it may resume after each delivery).
+        self.paused_for_tls = False
         self._missed_pull = False
 
     # -- called by the real transport ----------------------------------------
@@ -56,20 +60,20 @@ class ProducerProxy:
     def pauseProducing(self) -> None:
         if not self._by_transport:
             self._by_transport = True
-            if not self._by_tls:
+            if not self.paused_for_tls:
                 self.producer.pauseProducing()
 
     def resumeProducing(self) -> None:
         if not self.streaming:
             # A pull: the transport wants the next chunk.
-            if self._by_tls:
+            if self.paused_for_tls:
                 self._missed_pull = True
             else:
                 self._batched(self.producer.resumeProducing)
             return
         if self._by_transport:
             self._by_transport = False
-            if not self._by_tls:
+            if not self.paused_for_tls:
                 self.producer.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -78,16 +82,16 @@ class ProducerProxy:
     # -- called by the TLS transport -----------------------------------------
 
     def pause_for_tls(self) -> None:
-        if self._by_tls:
+        if self.paused_for_tls:
             return
-        self._by_tls = True
+        self.paused_for_tls = True
         if self.streaming and not self._by_transport:
             self.producer.pauseProducing()
 
     def resume_for_tls(self) -> None:
-        if not self._by_tls:
+        if not self.paused_for_tls:
             return
-        self._by_tls = False
+        self.paused_for_tls = False
         if not self.streaming:
             if self._missed_pull:
                 self._missed_pull = False

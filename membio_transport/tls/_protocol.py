@@ -226,7 +226,8 @@ class MemoryBIOTLSProtocol(
             self._tls_failed(e)
         finally:
             self._busy = False
-        if self._producer is not None:
+        producer = self._producer
+        if producer is not None and producer.paused_for_tls:
             # Reading may have let held-back writes go (a renegotiation
             # finished): a producer paused for them may resume.
             self._relieve_backpressure()

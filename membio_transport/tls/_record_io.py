@@ -200,7 +200,7 @@ _BINDING_COMPLETE: Final = None not in (
 class DirectRecordIO:
     """`RecordIO` through OpenSSL's functions, on a pyOpenSSL connection's handles."""
 
-    __slots__ = ("_conn", "_incoming", "_outgoing", "_ssl")
+    __slots__ = ("_conn", "_incoming", "_outgoing", "_ssl", "_where")
     can_release = True
 
     def __init__(self, connection: SSL.Connection) -> None:
@@ -208,6 +208,11 @@ class DirectRecordIO:
         self._ssl = connection._ssl
         self._incoming = connection._into_ssl
         self._outgoing = connection._from_ssl
+        # Where BIO_get_mem_data says the outgoing bytes are: one pointer
+        # per connection rather than a cffi allocation per drain (two per
+        # keep-alive request); not shared, since cffi lets go of the GIL
+        # during the call.
+        self._where = _new_pointer("char **")
         # All or nothing per SSL_write: one call for a 64 KiB write instead
         # of four.  A write refused midway is retried with the same buffer
         # (the engine's contract already), and OpenSSL resumes where it
@@ -264,12 +269,16 @@ class DirectRecordIO:
         # whole burst each time, which for bursts past glibc's mmap
         # threshold costs page faults on every drain (measured: 1 MiB
         # drains ran at half the speed of 256 KiB ones).
-        where = _new_pointer("char **")
+        where = self._where
         pending = _BIO_get_mem_data(outgoing, where)
         if pending <= 0:
             return b""
         data: bytes = _as_buffer(where[0], pending)[:]
-        _BIO_read(outgoing, _scratch(pending), pending)
+        scratch = _scratch
+        # The buffer as it is when it is large enough: no Python call.
+        _BIO_read(
+            outgoing, scratch.buffer if pending <= scratch.size else scratch(pending), pending
+        )
         return data
 
     def release_buffers(self) -> bool:

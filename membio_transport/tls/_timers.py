@@ -7,7 +7,10 @@ and the close timeout.
 one ``callLater`` on the factory's clock, started and cancelled here:
 
 * the handshake timeout (a policy, `_policy`) aborts a connection whose
-  handshake has not completed in time: a slowloris client cannot hold it;
+  handshake has not completed in time: a slowloris client cannot hold it.
+  Every connection has one and nearly all of them are cancelled within
+  milliseconds, so a factory keeps them all under one ``callLater``
+  (`HandshakeDeadlines`), set for the earliest deadline;
 * the idle timeout closes, with close_notify, an established connection
   that moved no byte for that long; the timer is not moved on every byte:
   it looks at the time of the last one when it fires, and sets itself
@@ -18,9 +21,11 @@ one ``callLater`` on the factory's clock, started and cancelled here:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import heapq
+import itertools
+from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from ._errors import TLSConnectionError, TLSHandshakeError
@@ -28,14 +33,15 @@ from ._errors import TLSConnectionError, TLSHandshakeError
 if TYPE_CHECKING:
     from ._factory_view import FactoryView
 
-__all__ = ["ConnectionTimers"]
+__all__ = ["ConnectionTimers", "HandshakeDeadlines"]
 
 _log = Logger(namespace="membio_transport.tls")
 
 
 class ConnectionTimers:
     """
-    @ivar _handshake_timer: aborts a handshake that takes too long.
+    @ivar _handshake_timer: aborts a handshake that takes too long (an
+        entry of the factory's `HandshakeDeadlines`).
     @ivar _idle_timer: closes a connection that stays quiet too long.
     @ivar _close_timer: stops waiting for the peer's close_notify.
     @ivar _last_activity: clock time of the last byte in or out, kept
@@ -45,7 +51,7 @@ class ConnectionTimers:
     factory: FactoryView
     connected: int
     disconnecting: int
-    _handshake_timer: IDelayedCall | None = None
+    _handshake_timer: Deadline | None = None
     _idle_timer: IDelayedCall | None = None
     _close_timer: IDelayedCall | None = None
     _last_activity: float
@@ -62,7 +68,7 @@ class ConnectionTimers:
         def abortConnection(self) -> None: ...
 
     def _start_handshake_timer(self, timeout: float) -> None:
-        self._handshake_timer = self.factory.clock.callLater(timeout, self._handshake_timed_out)
+        self._handshake_timer = self.factory.handshake_deadline(self, timeout)
 
     def _cancel_handshake_timer(self) -> None:
         if self._handshake_timer is not None and self._handshake_timer.active():
@@ -120,3 +126,89 @@ class ConnectionTimers:
             if timer is not None and timer.active():
                 timer.cancel()
         self._close_timer = self._idle_timer = self._handshake_timer = None
+
+
+class TimesOut(Protocol):
+    def _handshake_timed_out(self) -> None: ...
+
+
+class Deadline:
+    """One connection's handshake deadline; cancelled like a DelayedCall."""
+
+    __slots__ = ("connection", "owner", "time")
+
+    def __init__(self, owner: HandshakeDeadlines, time: float, connection: TimesOut) -> None:
+        self.owner = owner
+        self.time = time
+        self.connection: TimesOut | None = connection
+
+    def active(self) -> bool:
+        return self.connection is not None
+
+    def cancel(self) -> None:
+        if self.connection is not None:
+            # The connection is let go at once: a heap entry must not keep
+            # a closed connection (and its SSL object) alive until its time.
+            self.connection = None
+            self.owner.cancelled()
+
+
+class HandshakeDeadlines:
+    """
+    The handshake timeouts of one factory's connections, under one
+    ``callLater`` set for the earliest deadline still pending.
+
+    Each connection would otherwise create a DelayedCall, push it on the
+    reactor's heap and cancel it a few milliseconds later (and the reactor
+    rebuilds its heap as cancelled calls pile up): about 15k instructions
+    a connection in all.  Here a connection costs a small entry in a heap;
+    a cancelled entry drops its connection at once and leaves the heap when
+    its time comes.  Each connection still times out at exactly its own
+    deadline, and when no handshake is pending no call is left behind.
+    """
+
+    __slots__ = ("_call", "_clock", "_heap", "_live", "_order")
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._order = itertools.count()
+        self._live = 0
+        self._call: IDelayedCall | None = None
+
+    def add(self, connection: TimesOut, timeout: float) -> Deadline:
+        """C{connection}'s handshake must complete within C{timeout} seconds."""
+        deadline = Deadline(self, self._clock.seconds() + timeout, connection)
+        heap = self._heap
+        heapq.heappush(heap, (deadline.time, next(self._order), deadline))
+        self._live += 1
+        if self._call is None:
+            self._call = self._clock.callLater(timeout, self._expire)
+        elif heap[0][2] is deadline:
+            # Earlier than every other (a shorter timeout than before).
+            self._call.reset(timeout)
+        return deadline
+
+    def cancelled(self) -> None:
+        self._live -= 1
+        if not self._live:
+            self._heap.clear()
+            if self._call is not None:
+                self._call.cancel()
+                self._call = None
+
+    def _expire(self) -> None:
+        self._call = None
+        heap = self._heap
+        now = self._clock.seconds()
+        due = []
+        while heap and (heap[0][0] <= now or heap[0][2].connection is None):
+            deadline = heapq.heappop(heap)[2]
+            if deadline.connection is not None:
+                due.append(deadline.connection)
+                deadline.connection = None
+                self._live -= 1
+        if heap:
+            self._call = self._clock.callLater(max(heap[0][0] - now, 0), self._expire)
+        for connection in due:
+            connection._handshake_timed_out()

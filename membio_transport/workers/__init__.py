@@ -22,6 +22,7 @@ from ._pool import (
     LISTEN_BACKLOG,
     MAX_WORKERS,
     AdoptedSocketEndpoint,
+    ForkLink,
     WorkerPool,
     listening_socket,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "MAX_WORKERS",
     "WORKER_OPTIONS",
     "AdoptedSocketEndpoint",
+    "ForkLink",
     "SharedListener",
     "SharingRefused",
     "WorkerPool",

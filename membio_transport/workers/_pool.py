@@ -40,7 +40,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, execute, succeed
@@ -125,6 +125,24 @@ class AdoptedSocketEndpoint:
 StartWorker = Callable[[Any, Sequence[socket.socket]], Sequence[Deferred[IListeningPort]]]
 
 
+class ForkLink(Protocol):
+    """
+    A channel between the parent and one worker (its metrics), made before
+    the fork and finished on each side after it.
+    """
+
+    def in_parent(self, pid: int) -> None: ...
+
+    def leave_parent(self) -> None:
+        """In the worker, before its fresh reactor: drop what is the parent's."""
+
+    def in_worker(self, reactor: Any) -> None:
+        """In the worker, with its fresh reactor installed, before it serves."""
+
+    def close(self) -> None:
+        """The fork failed."""
+
+
 @dataclass
 class _Worker:
     index: int
@@ -153,6 +171,8 @@ class WorkerPool(Service):
         when it changes (a reload), every worker is replaced by one forked
         from the parent again, so that all of them share the new context
         and its ticket keys, and the old ones stop gracefully.
+    @param fork_link: called before each fork: the new worker's channel to
+        the parent (its metrics), or None.
     """
 
     name = "membio-workers"
@@ -170,6 +190,7 @@ class WorkerPool(Service):
         context_of: Callable[[], object] | None = None,
         cleanup: Callable[[], None] | None = None,
         system: str = "membio",
+        fork_link: Callable[[], ForkLink | None] | None = None,
     ) -> None:
         if not 1 <= count <= MAX_WORKERS:
             raise ValueError(f"worker count {count} is out of range (1-{MAX_WORKERS})")
@@ -184,6 +205,7 @@ class WorkerPool(Service):
         self._context: object = None
         self._cleanup = cleanup
         self._system = system
+        self._fork_link = fork_link
         self.sockets: list[socket.socket] = []
         #: The current worker of each index.
         self.workers: dict[int, _Worker] = {}
@@ -238,13 +260,20 @@ class WorkerPool(Service):
                 stream.flush()
         # Stop signals stay blocked in the new worker until its own reactor
         # handles them: one arriving while it starts then drains it too.
+        link = self._fork_link() if self._fork_link is not None else None
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             pid = os.fork()
             if pid == 0:
-                self._become_worker(index)
+                self._become_worker(index, link)
+        except OSError:
+            if link is not None:
+                link.close()
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if link is not None:
+            link.in_parent(pid)
         self.workers[index] = _Worker(index, pid, time.monotonic())
         _log.info(
             "worker {index} started (pid {pid})", index=index, pid=pid, log_system=self._system
@@ -379,11 +408,11 @@ class WorkerPool(Service):
 
     # -- worker --------------------------------------------------------------
 
-    def _become_worker(self, index: int) -> NoReturn:
+    def _become_worker(self, index: int, link: ForkLink | None) -> NoReturn:
         """Run as worker C{index} in the forked child; never returns."""
         status = 1
         try:
-            status = self._serve(index)
+            status = self._serve(index, link)
         except BaseException:
             _log.failure("worker {index} failed", index=index, log_system=self._system)
         finally:
@@ -392,10 +421,14 @@ class WorkerPool(Service):
                     stream.flush()
             os._exit(status)
 
-    def _serve(self, index: int) -> int:
+    def _serve(self, index: int, link: ForkLink | None) -> int:
         system = f"{self._system}-worker-{index}"
         leave_parent_signals(self._parent_pid)
+        if link is not None:
+            link.leave_parent()
         reactor = fresh_reactor()
+        if link is not None:
+            link.in_worker(reactor)
         listening = self._start_worker(reactor, self.sockets)
         ports: list[IListeningPort] = []
         failures: list[Any] = []
