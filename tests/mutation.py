@@ -63,6 +63,7 @@ _TRANSPORT_TESTS = (
     "tests/test_parity.py", "tests/test_transport.py", "tests/test_server_policies.py",
     "tests/test_defaults.py", "tests/test_reclaim.py", "tests/test_starttls.py",
     "tests/test_dropin.py", "tests/test_callback_errors.py", "tests/test_observe_metrics.py",
+    "tests/test_freed_without_gc.py",
 )
 
 #: Module to mutate -> the in-memory test files that defend it, fastest
