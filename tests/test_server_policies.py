@@ -309,6 +309,18 @@ def test_a_timed_out_handshake_and_a_lost_one_leave_no_call_behind() -> None:
     assert clock.getDelayedCalls() == []
 
 
+def test_a_timed_out_handshake_and_a_lost_one_leave_the_others_deadline_alone() -> None:
+    clock = Clock()
+    servers = _stalled_servers(3, clock, 1.0, handshake_timeout=2.5)  # due 2.5, 3.5, 4.5
+    assert [_aborted(tls) for tls in servers] == [True, False, False]  # t = 3
+    servers[1].connectionLost(None)
+    clock.advance(1.49)
+    assert not _aborted(servers[2])
+    clock.advance(0.01)  # t = 4.5
+    assert _aborted(servers[2])
+    assert clock.getDelayedCalls() == []
+
+
 def test_a_shorter_timeout_set_later_still_fires_first() -> None:
     clock = Clock()
     factory = MemoryBIOTLSFactory(
