@@ -337,6 +337,9 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     (_TIM + ":_expire", "max(heap[0][0] - now, 0)", "max(heap[0][0] - now, -1)",
      "the loop above leaves the heap empty or its earliest entry later than now: the "
      "difference is positive, and max() takes it either way"),
+    (_FAI + ":_where", "except Exception:", "except CosmicRayTestingException:",
+     "pyOpenSSL's get_servername only reads SSL_get_servername's pointer (NULL gives None): "
+     "on the engine's connection it never raises"),
     (_AGG, "if len(data) < _COALESCE_LIMIT:", "if len(data) <= _COALESCE_LIMIT:",
      "a write of exactly 16 KiB joins the batch instead of going alone: " + _PERF),
     (_AGG, "_COALESCE_LIMIT: Final = 16384", "_COALESCE_LIMIT: Final =",
