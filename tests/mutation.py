@@ -63,6 +63,7 @@ _TRANSPORT_TESTS = (
     "tests/test_parity.py", "tests/test_transport.py", "tests/test_server_policies.py",
     "tests/test_defaults.py", "tests/test_reclaim.py", "tests/test_starttls.py",
     "tests/test_dropin.py", "tests/test_callback_errors.py", "tests/test_observe_metrics.py",
+    "tests/test_freed_without_gc.py",
 )
 
 #: Module to mutate -> the in-memory test files that defend it, fastest
@@ -332,6 +333,16 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
      "the empty bytes object is a singleton"),
     (_TIM, "if timeout is None or not self.connected:", "if timeout is None and not",
      "the timer never starts without a timeout, and connectionLost cancels it"),
+    (_AGG + ":_drop_batch", "self._flush_due = False", "self._flush_due = True",
+     "the flag stays set only where it was set, and the connection still leaves the turn's "
+     "flush; its later writes then schedule no flush, but _drop_batch runs only once nothing "
+     "can be sent again (the engine failed or aborted, or the connection lost)"),
+    (_TIM + ":_expire", "max(heap[0][0] - now, 0)", "max(heap[0][0] - now, -1)",
+     "the loop above leaves the heap empty or its earliest entry later than now: the "
+     "difference is positive, and max() takes it either way"),
+    (_FAI + ":_where", "except Exception:", "except CosmicRayTestingException:",
+     "pyOpenSSL's get_servername only reads SSL_get_servername's pointer (NULL gives None): "
+     "on the engine's connection it never raises"),
     (_AGG, "if len(data) < _COALESCE_LIMIT:", "if len(data) <= _COALESCE_LIMIT:",
      "a write of exactly 16 KiB joins the batch instead of going alone: " + _PERF),
     (_AGG, "_COALESCE_LIMIT: Final = 16384", "_COALESCE_LIMIT: Final =",

@@ -287,6 +287,40 @@ def test_completed_handshakes_leave_no_call_and_free_their_connection() -> None:
     assert clock.getDelayedCalls() == []
 
 
+def test_a_handshake_times_out_at_its_own_deadline_whatever_was_cancelled_around_it() -> None:
+    clock = Clock()
+    first, middle, last = _stalled_servers(3, clock, 2.0, handshake_timeout=10.0)  # due 10, 12, 14
+    first.connectionLost(None)
+    last.connectionLost(None)
+    clock.advance(4.0)  # t = 10: the first deadline, cancelled
+    assert not _aborted(middle)
+    clock.advance(1.99)
+    assert not _aborted(middle)
+    clock.advance(0.01)  # t = 12
+    assert _aborted(middle)
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_timed_out_handshake_and_a_lost_one_leave_no_call_behind() -> None:
+    clock = Clock()
+    slow, other = _stalled_servers(2, clock, 1.0, handshake_timeout=2.0)  # due 2, 3
+    assert _aborted(slow) and not _aborted(other)
+    other.connectionLost(None)
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_timed_out_handshake_and_a_lost_one_leave_the_others_deadline_alone() -> None:
+    clock = Clock()
+    servers = _stalled_servers(3, clock, 1.0, handshake_timeout=2.5)  # due 2.5, 3.5, 4.5
+    assert [_aborted(tls) for tls in servers] == [True, False, False]  # t = 3
+    servers[1].connectionLost(None)
+    clock.advance(1.49)
+    assert not _aborted(servers[2])
+    clock.advance(0.01)  # t = 4.5
+    assert _aborted(servers[2])
+    assert clock.getDelayedCalls() == []
+
+
 def test_a_shorter_timeout_set_later_still_fires_first() -> None:
     clock = Clock()
     factory = MemoryBIOTLSFactory(

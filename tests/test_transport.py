@@ -786,3 +786,86 @@ def test_a_connection_lost_before_its_turns_flush_leaves_no_call_behind() -> Non
     server.write(b"never sent")
     server.connectionLost(Failure(ConnectionDone()))
     assert len(clock.getDelayedCalls()) == before
+
+
+def test_a_connection_lost_after_a_large_write_leaves_no_call_behind() -> None:
+    """A write too large for the batch waits for the turn too; losing it takes it back."""
+    clock = Clock()
+    pumps, _ = _two_connections(clock)
+    before = len(clock.getDelayedCalls())
+    server = pumps[0].server
+    server.write(b"x" * 20_000)
+    assert len(clock.getDelayedCalls()) == before + 1
+    server.connectionLost(Failure(ConnectionDone()))
+    assert len(clock.getDelayedCalls()) == before
+
+
+def test_a_connection_lost_before_the_turns_flush_does_not_cancel_the_others() -> None:
+    clock = Clock()
+    pumps, clients = _two_connections(clock)
+    first, second = (pump.server for pump in pumps)
+    first.write(b"never sent")
+    second.write(b"still sent")
+    first.connectionLost(Failure(ConnectionDone()))
+    clock.advance(0)
+    pumps[1].flush()
+    assert bytes(clients[1].received) == b"still sent"
+    assert [call for call in clock.getDelayedCalls() if call.active()] == []
+
+
+class _Due:
+    """A connection as `TurnFlush` sees it: what its flushes do goes in C{log}."""
+
+    def __init__(self, name: str, log: list[str], fail: bool = False) -> None:
+        self.name, self.log, self.fail = name, log, fail
+        self._flush_due = True
+        self.then: list[Any] = []  # what this flush makes other connections do
+
+    def _flush(self) -> None:
+        self.log.append(self.name)
+        for action in self.then:
+            action()
+        if self.fail:
+            raise OSError(f"{self.name}'s transport broke")
+
+
+@pytest.mark.parametrize("failing", range(4))
+def test_after_a_failed_flush_the_turn_ends_with_the_rest_at_the_next_turn(
+    failing: int,
+) -> None:
+    """Each connection due is flushed once: those after the failing one a turn later."""
+    from membio_transport.tls._aggregate import TurnFlush
+
+    clock, log = _StrictClock(), []
+    turn = TurnFlush(clock)
+    due = [_Due(name, log, fail=index == failing) for index, name in enumerate("abcd")]
+    for connection in due:
+        turn.add(connection)
+    with pytest.raises(OSError):
+        clock.advance(0)
+    assert log == list("abcd"[: failing + 1])
+    log.clear()
+    clock.advance(0)
+    assert log == list("abcd"[failing + 1 :])
+    assert not any(connection._flush_due for connection in due)
+    assert clock.getDelayedCalls() == []
+
+
+def test_connections_that_write_during_a_failing_turn_are_flushed_at_the_next() -> None:
+    """Writes made while a turn is flushed (by what a flush set off) are never lost."""
+    from membio_transport.tls._aggregate import TurnFlush
+
+    clock, log = _StrictClock(), []
+    turn = TurnFlush(clock)
+    first, broken, last = _Due("a", log), _Due("b", log, fail=True), _Due("c", log)
+    woken = [_Due("x", log), _Due("y", log)]
+    first.then = [lambda connection=connection: turn.add(connection) for connection in woken]
+    for connection in (first, broken, last):
+        turn.add(connection)
+    with pytest.raises(OSError):
+        clock.advance(0)
+    assert log == ["a", "b"]
+    log.clear()
+    clock.advance(0)
+    assert log == ["c", "x", "y"]
+    assert clock.getDelayedCalls() == []
