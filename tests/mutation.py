@@ -132,10 +132,13 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
      "a fallback for a binding without the name; this binding has it"),
     (_REC, "self.size = 0", "self.size = -1", "any first request is larger than either"),
     (_REC, "if size > self.size:", "if size >= self.size:", _PERF),
-    (_REC, "scratch.buffer if pending <= scratch.size else",
-     "scratch.buffer if pending < scratch.size",
-     _PERF + " (a drain of exactly the scratch buffer's size asks it by a call, which "
-     "returns the same buffer)"),
+    *(
+        (_REC, "scratch.buffer if pending <= scratch.size else",
+         f"scratch.buffer if pending {operator} scratch.size",
+         _PERF + " (a drain that fits the scratch buffer asks for it by a call, which returns "
+         "the same buffer)")
+        for operator in ("<", "==")
+    ),
     (_REC, "self.size = max(size, 2 * self.size, 65536)", "self.size = max(size,",
      _PERF + " (how the scratch buffer grows; it is never smaller than asked, which "
      "test_the_scratch_buffer_is_never_smaller_than_asked holds)"),
