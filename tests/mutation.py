@@ -133,6 +133,12 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     (_REC, "self.size = 0", "self.size = -1", "any first request is larger than either"),
     (_REC, "if size > self.size:", "if size >= self.size:", _PERF),
     *(
+        (_REC, "if size > self.size:", f"if size {operator} self.size:",
+         "the drain asks the scratch buffer by a call only for more than it holds (it "
+         "takes the buffer directly otherwise), where this is true as the original is")
+        for operator in ("!=", "is not")
+    ),
+    *(
         (_REC, "scratch.buffer if pending <= scratch.size else",
          f"scratch.buffer if pending {operator} scratch.size",
          _PERF + " (a drain that fits the scratch buffer asks for it by a call, which returns "
