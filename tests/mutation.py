@@ -143,7 +143,7 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
          f"scratch.buffer if pending {operator} scratch.size",
          _PERF + " (a drain that fits the scratch buffer asks for it by a call, which returns "
          "the same buffer)")
-        for operator in ("<", "==")
+        for operator in ("<", "==", "is")
     ),
     (_REC, "self.size = max(size, 2 * self.size, 65536)", "self.size = max(size,",
      _PERF + " (how the scratch buffer grows; it is never smaller than asked, which "
