@@ -5,6 +5,7 @@ Drive `TLSEngine`s against each other, or against the standard library's
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -136,3 +137,32 @@ def pump_with_stdlib(side: Side, peer: StdlibPeer, rounds: int = 200) -> None:
             side.drain_events()
             return
     raise AssertionError("never went quiet")
+
+
+def pyopenssl_handshake(
+    server_context: SSL.Context, sni: bytes, offered: list[bytes]
+) -> SSL.Connection:
+    """
+    A whole handshake between two bare pyOpenSSL memory-BIO connections (no
+    engine), the client offering C{sni} and the ALPN protocols C{offered};
+    returns the client, for inspection.
+    """
+    client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+    client.set_connect_state()
+    client.set_tlsext_host_name(sni)
+    client.set_alpn_protos(offered)
+    server = SSL.Connection(server_context, None)
+    server.set_accept_state()
+    done = {id(client): False, id(server): False}
+    for _ in range(20):
+        for one, other in ((client, server), (server, client)):
+            try:
+                one.do_handshake()
+                done[id(one)] = True
+            except SSL.WantReadError:
+                pass
+            with contextlib.suppress(SSL.WantReadError):
+                other.bio_write(one.bio_read(65536))
+        if all(done.values()):
+            return client
+    raise AssertionError("handshake did not complete")

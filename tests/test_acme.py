@@ -8,7 +8,6 @@ The same pieces against a real CA are in ``test_acme_pebble.py``.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import socket
@@ -61,6 +60,8 @@ from membio_transport.acme._errors import CAProblem, from_problem
 from membio_transport.acme._policy import renewal_time, retry_delay
 from membio_transport.certs import ensure_certificate
 from membio_transport.tls import ServerTLSOptions, server_context
+
+from ._engines import pyopenssl_handshake
 
 T0 = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
 DAY = datetime.timedelta(days=1)
@@ -126,29 +127,6 @@ def test_board_lookups_refuse_paths(tmp_path: Path) -> None:
 # ----------------------------------------------------------------- the ALPN hook
 
 
-def _handshake(server_ctx: SSL.Context, sni: bytes, offered: list[bytes]) -> SSL.Connection:
-    """A whole handshake between memory-BIO connections; the client, for inspection."""
-    client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
-    client.set_connect_state()
-    client.set_tlsext_host_name(sni)
-    client.set_alpn_protos(offered)
-    server = SSL.Connection(server_ctx, None)
-    server.set_accept_state()
-    done = {id(client): False, id(server): False}
-    for _ in range(20):
-        for one, other in ((client, server), (server, client)):
-            try:
-                one.do_handshake()
-                done[id(one)] = True
-            except SSL.WantReadError:
-                pass
-            with contextlib.suppress(SSL.WantReadError):
-                other.bio_write(one.bio_read(65536))
-        if all(done.values()):
-            return client
-    raise AssertionError("handshake did not complete")
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[SSL.Context, TLSALPNResponder, x509.Certificate]]:
     local = ensure_certificate(tmp_path)
@@ -168,7 +146,7 @@ def _peer(client: SSL.Connection) -> x509.Certificate:
 
 def test_responder_serves_the_challenge_certificate_to_acme_tls_1(served: Any) -> None:
     context, responder, _ = served
-    client = _handshake(context, b"www.example.org", [ACME_TLS_ALPN_PROTOCOL])
+    client = pyopenssl_handshake(context, b"www.example.org", [ACME_TLS_ALPN_PROTOCOL])
     assert client.get_alpn_proto_negotiated() == ACME_TLS_ALPN_PROTOCOL
     peer = _peer(client)
     assert peer.extensions.get_extension_for_oid(x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31"))
@@ -177,11 +155,11 @@ def test_responder_serves_the_challenge_certificate_to_acme_tls_1(served: Any) -
 
 def test_responder_leaves_ordinary_clients_alone(served: Any) -> None:
     context, responder, local = served
-    client = _handshake(context, b"www.example.org", [b"http/1.1", b"h2"])
+    client = pyopenssl_handshake(context, b"www.example.org", [b"http/1.1", b"h2"])
     assert client.get_alpn_proto_negotiated() == b"h2"
     assert _peer(client) == local
     # acme-tls/1 for a name with no pending challenge: the normal certificate, no ALPN.
-    client = _handshake(context, b"other.example.org", [ACME_TLS_ALPN_PROTOCOL])
+    client = pyopenssl_handshake(context, b"other.example.org", [ACME_TLS_ALPN_PROTOCOL])
     assert client.get_alpn_proto_negotiated() == b""
     assert _peer(client) == local and responder.answered == 0
 

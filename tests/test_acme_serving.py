@@ -49,6 +49,7 @@ from membio_transport.serving import (
     parse_values,
 )
 
+from ._engines import pyopenssl_handshake
 from ._plugin_helpers import private_home
 
 __all__ = ["private_home"]
@@ -234,29 +235,6 @@ def test_http_01_needs_the_plain_http_listener(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ TLSServing with acme
 
 
-def _handshake(context: SSL.Context, sni: bytes, offered: list[bytes]) -> SSL.Connection:
-    """A whole handshake between memory-BIO connections; the client, for inspection."""
-    client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
-    client.set_connect_state()
-    client.set_tlsext_host_name(sni)
-    client.set_alpn_protos(offered)
-    server = SSL.Connection(context, None)
-    server.set_accept_state()
-    done = {id(client): False, id(server): False}
-    for _ in range(20):
-        for one, other in ((client, server), (server, client)):
-            try:
-                one.do_handshake()
-                done[id(one)] = True
-            except SSL.WantReadError:
-                pass
-            with contextlib.suppress(SSL.WantReadError):
-                other.bio_write(one.bio_read(65536))
-        if all(done.values()):
-            return client
-    raise AssertionError("handshake did not complete")
-
-
 def _peer(client: SSL.Connection) -> x509.Certificate:
     cert = client.get_peer_certificate(as_cryptography=True)
     assert cert is not None
@@ -288,13 +266,13 @@ def test_without_a_stored_certificate_the_local_one_is_served_and_challenges_ans
     serving.acme.board.publish_tls_alpn("www.example.org", KEY_AUTH)
     for _ in range(2):  # as built, then as rebuilt by a reload (the context hook)
         context = serving.source.options.context
-        client = _handshake(context, b"www.example.org", [ACME_TLS_ALPN_PROTOCOL])
+        client = pyopenssl_handshake(context, b"www.example.org", [ACME_TLS_ALPN_PROTOCOL])
         assert client.get_alpn_proto_negotiated() == ACME_TLS_ALPN_PROTOCOL
         assert _peer(client).extensions.get_extension_for_oid(
             x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
         )
         # Everyone else gets the configured protocols and the served certificate.
-        ordinary = _handshake(context, b"www.example.org", [b"http/1.1", b"h2"])
+        ordinary = pyopenssl_handshake(context, b"www.example.org", [b"http/1.1", b"h2"])
         assert ordinary.get_alpn_proto_negotiated() == b"h2"
         assert "www.example.org" in [
             name.value for name in _peer(ordinary).extensions.get_extension_for_class(
